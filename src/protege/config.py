@@ -1,0 +1,250 @@
+"""The task spec: one YAML file, validated by pydantic, errors that name file, line and field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(Exception):
+    """A task spec that cannot be used; str() is the one line shown to the user."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Example(Strict):
+    input: str = Field("", description="What the student is given.")
+    output: str = Field("", description="The reference answer.")
+
+
+class TeacherConfig(Strict):
+    kind: Literal["function", "openai", "self"] = Field(
+        "function", description="function: a Python callable; openai: any OpenAI-compatible endpoint; "
+        "self: the student samples answers and a verifier keeps those that pass.")
+    function: str = Field("", description="module:attr of the teacher callable (kind=function); "
+                          "modules are looked up in the task directory first.")
+    base_url: str = Field("", description="Endpoint of an OpenAI-compatible server (kind=openai).")
+    model: str = Field("", description="Model name sent to the endpoint (kind=openai).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    temperature: float = Field(0.0, description="Sampling temperature for answers.")
+    max_tokens: int = Field(512, gt=0, description="Largest reply the teacher may write.")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="Retries (with backoff) after a failed request.")
+    timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned.")
+    samples: int = Field(4, gt=0, description="Answers sampled per input by the self teacher.")
+    verifier: str = Field("", description="module:attr(input, answer) -> bool used by the self teacher; "
+                          "by default an answer is verified against the reference when there is one.")
+
+
+class StudentConfig(Strict):
+    model: str = Field("embedded:smollm2-135m-instruct",
+                       description="embedded:NAME, a local Hugging Face directory, or tiny:SEED for tests.")
+
+
+class SynthConfig(Strict):
+    label_inputs: bool = Field(True, description="Have the teacher answer the task's unlabeled inputs.")
+    expand: int = Field(0, ge=0, description="New inputs to create from the seeds in round 0.")
+    generator: str = Field("", description="module:attr(n, seed) -> list of inputs; "
+                           "when empty, the teacher writes new inputs from k random seeds.")
+    seeds_per_prompt: int = Field(3, gt=0, description="k seeds shown to the teacher per new input.")
+    per_failure: int = Field(2, ge=0, description="New examples the teacher writes per student failure.")
+    max_failures: int = Field(64, ge=0, description="Failures sent to the teacher per round.")
+    mine_size: int = Field(200, ge=0, description="Training items the student is tested on to find failures.")
+
+
+class CurateConfig(Strict):
+    dedup: bool = Field(True, description="Drop examples whose normalized input repeats an earlier one.")
+    decontaminate: bool = Field(True, description="Drop examples whose normalized input is in the test set.")
+
+
+class TrainConfig(Strict):
+    adapter: Literal["lora", "full"] = Field("lora", description="lora (peft) or full fine-tuning.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate (linear decay); "
+                                        "empty: 1e-3 for lora, 5e-5 for full.")
+    batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
+    max_length: int = Field(512, gt=8, description="Tokens per example; longer ones are truncated.")
+    lora_r: int = Field(16, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
+    lora_targets: str = Field("all-linear", description="Modules LoRA wraps (peft target_modules).")
+    seed: int = Field(0, description="Seed for data order and initialization.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when one is there.")
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(32, gt=0, description="Prompts generated together.")
+    max_new_tokens: int = Field(32, gt=0, description="Longest answer generated.")
+    dev_size: int = Field(40, ge=0, description="Teacher-labeled items held out to decide when to stop.")
+    tolerance: float = Field(1e-6, ge=0, description="Absolute tolerance of the numeric metric.")
+
+
+class BudgetConfig(Strict):
+    requests: int = Field(2000, ge=0, description="Teacher requests the synthesis may make (cache hits count).")
+
+
+class TaskSpec(Strict):
+    name: str = Field("task", description="Name of the task; the default run directory is runs/NAME.")
+    instruction: str = Field("", description="What the student must do; sent as the system message.")
+    seeds: list[Example] | str = Field(default_factory=list,
+                                       description="Labeled examples, inline or a JSONL file of {input, output}.")
+    inputs: list[str] | str = Field(default_factory=list,
+                                    description="Unlabeled inputs, inline or a JSONL file of {input}.")
+    test: list[Example] | str = Field(default_factory=list,
+                                      description="Held-out test set, inline or a JSONL file of {input, output}.")
+    metric: Literal["exact", "numeric"] = Field("exact", description="exact: normalized string match; "
+                                                "numeric: the last number in the answer.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Who writes the data.")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="The model to train.")
+    synth: SynthConfig = Field(default_factory=SynthConfig, description="How data is synthesized.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="How data is cleaned.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training options.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation options.")
+    rounds: int = Field(2, ge=1, description="Most train/evaluate/augment rounds.")
+    budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Teacher budget.")
+
+    @model_validator(mode="after")
+    def _needs_a_test_set(self) -> "TaskSpec":
+        if not self.test:
+            raise ValueError("a test set is required (field 'test')")
+        return self
+
+
+class LoadedTask:
+    """A validated spec with its files read: what every stage works from."""
+
+    def __init__(self, spec: TaskSpec, directory: Path, source: Path | None):
+        self.spec, self.directory, self.source = spec, directory, source
+        self.seeds: list[Example] = []
+        self.inputs: list[str] = []
+        self.test: list[Example] = []
+
+
+def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Map every key path in a YAML document to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            lines.update(_line_index(value, sub))
+            lines[sub] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, path + (i,)))
+    return lines
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _field_name(loc: tuple) -> str:
+    # pydantic puts the union branch ("list[Example]", "str") into loc; the user never wrote those
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"}))]
+    return ".".join(parts) or "(document)"
+
+
+def _first_error(exc: ValidationError, lines: dict[tuple, int], where: str) -> ConfigError:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"])
+    clean = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
+    message = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
+    return ConfigError(f"{where}:{_line_of(lines, clean)}: field '{_field_name(loc)}': {message}")
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b=value` pairs from the command line; the value is read as YAML (numbers, booleans)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: field '{item}': expected KEY=VALUE")
+        path, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: field '{path}': {part} is not a mapping")
+        node[leaf] = yaml.safe_load(raw) if raw else ""
+    return data
+
+
+def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSpec, dict[tuple, int]]:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError(f"{where}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    lines = _line_index(node) if node is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}:1: field '(document)': expected a mapping of task fields")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return TaskSpec.model_validate(data), lines
+    except ValidationError as exc:
+        raise _first_error(exc, lines, where) from None
+
+
+def _read_jsonl(path: Path, where: str, line: int, field: str) -> list[Any]:
+    if not path.is_file():
+        raise ConfigError(f"{where}:{line}: field '{field}': file not found: {path}")
+    rows = []
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{n}: field '{field}': invalid JSON: {exc.msg}") from None
+    return rows
+
+
+def _examples(value, task: LoadedTask, lines, field: str) -> list[Example]:
+    if not isinstance(value, str):
+        return list(value)
+    path = task.directory / value
+    rows = _read_jsonl(path, str(task.source), _line_of(lines, (field,)), field)
+    try:
+        return [Example.model_validate(r) for r in rows]
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: field '{field}': {exc.errors()[0]['msg']} "
+                          f"({_field_name(exc.errors()[0]['loc'])})") from None
+
+
+def _inputs(value, task: LoadedTask, lines) -> list[str]:
+    if not isinstance(value, str):
+        return list(value)
+    path = task.directory / value
+    rows = _read_jsonl(path, str(task.source), _line_of(lines, ("inputs",)), "inputs")
+    return [r["input"] if isinstance(r, dict) else str(r) for r in rows]
+
+
+def task_file(target: str | Path) -> Path:
+    path = Path(target)
+    return path / "task.yaml" if path.is_dir() else path
+
+
+def load_task(target: str | Path, overrides: list[str] = ()) -> LoadedTask:
+    """Read and validate a task: a directory holding task.yaml, or the YAML file itself."""
+    path = task_file(target)
+    if not path.is_file():
+        raise ConfigError(f"{path}:1: field '(document)': task file not found")
+    spec, lines = parse_spec(path.read_text(encoding="utf-8"), str(path), overrides)
+    task = LoadedTask(spec, path.parent.resolve(), path)
+    task.seeds = _examples(spec.seeds, task, lines, "seeds")
+    task.inputs = _inputs(spec.inputs, task, lines)
+    task.test = _examples(spec.test, task, lines, "test")
+    if not task.test:
+        raise ConfigError(f"{path}:{_line_of(lines, ('test',))}: field 'test': the test set is empty")
+    return task

@@ -1,0 +1,50 @@
+"""Where a student comes from: `embedded:NAME`, a local Hugging Face directory, or `tiny:SEED`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .embedded import ModelNotFound, embedded_dir, models_cache
+from .tiny import tiny_dir
+
+
+def model_dir(spec: str, base: Path | None = None) -> Path:
+    """Resolve a model spec to a directory of safetensors weights and a tokenizer."""
+    if spec.startswith("embedded:"):
+        return embedded_dir(spec.split(":", 1)[1])
+    if spec.startswith("tiny:"):
+        seed = spec.split(":", 1)[1] or "0"
+        if not seed.isdigit():
+            raise ModelNotFound(f"{spec}: expected tiny:SEED with an integer seed")
+        return tiny_dir(int(seed), models_cache())
+    path = Path(spec)
+    if not path.is_absolute() and base is not None and (base / path).is_dir():
+        path = base / path
+    if not (path / "config.json").is_file():
+        raise ModelNotFound(f"{spec}: not embedded:NAME, tiny:SEED, or a directory with config.json")
+    return path.resolve()
+
+
+def pick_device(choice: str = "auto") -> str:
+    import torch
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def load_model(directory: Path, device: str = "cpu", adapter: Path | None = None):
+    """Model and tokenizer, with a LoRA adapter merged in when given (faster generation)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(adapter or directory)
+    if adapter is not None and (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    elif adapter is not None:
+        model = AutoModelForCausalLM.from_pretrained(adapter, dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer

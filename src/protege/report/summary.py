@@ -1,0 +1,23 @@
+"""summary.md: the table a run ends with."""
+
+from __future__ import annotations
+
+
+def results_table(summary: dict) -> str:
+    rows = [("base student", summary["base"]["accuracy"]), ("teacher", summary["teacher"]["accuracy"])]
+    rows += [(f"student, round {r['round']}", r["test_accuracy"]) for r in summary["rounds"]]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"| {'model'.ljust(width)} | held-out {summary['metric']} accuracy |",
+             f"|{'-' * (width + 2)}|{'-' * 30}|"]
+    lines += [f"| {name.ljust(width)} | {acc:6.1%} |" for name, acc in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict) -> str:
+    student = summary["student"]
+    spent = summary["teacher_requests"]
+    return (f"# {summary['task']}\n\n{results_table(summary)}\n\n"
+            f"Kept: round {student['round']} ({student['accuracy']:.1%}), {student['model']}\n\n"
+            f"Test items: {summary['test_items']}. Teacher requests: {spent['spent']} of {spent['budget']} "
+            f"(paid this run: {spent['paid_this_run']}). Wall time: {summary['wall_seconds']} s on "
+            f"{summary['device']}.\n")

@@ -1,0 +1,20 @@
+"""The SFT record of DESIGN.md: {id, messages, meta{source, round}}."""
+
+from __future__ import annotations
+
+from ..evaluate.task_eval import task_chat
+from ..runs import digest
+
+
+def sft_record(instruction: str, text: str, answer: str, source: str, round_: int, **meta) -> dict:
+    messages = task_chat(instruction, text) + [{"role": "assistant", "content": answer}]
+    return {"id": digest([source, round_, text, answer]), "messages": messages,
+            "meta": {"source": source, "round": round_, **meta}}
+
+
+def record_input(record: dict) -> str:
+    return next(m["content"] for m in record["messages"] if m["role"] == "user")
+
+
+def record_answer(record: dict) -> str:
+    return record["messages"][-1]["content"]

@@ -1,0 +1,65 @@
+"""A Python callable as the teacher: offline examples, rule-based labelers, tests."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Callable
+
+from .base import TeacherRequest
+
+
+def load_callable(spec: str, search_dir: Path | None = None) -> Callable:
+    """Import `module:attr`, looking in search_dir (the task's folder) first."""
+    if ":" not in spec:
+        raise ValueError(f"expected module:attr, got {spec!r}")
+    module_name, attr = spec.split(":", 1)
+    module = _task_module(module_name, search_dir) or importlib.import_module(module_name)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"{spec}: {attr!r} is not a callable in {module.__file__}")
+    return fn
+
+
+def _task_module(module_name: str, search_dir: Path | None):
+    """Load search_dir/module.py under a name unique to its path: two tasks that both ship a
+    `teacher.py` must not share one cached module."""
+    path = search_dir / f"{module_name.replace('.', '/')}.py" if search_dir else None
+    if path is None or not path.is_file():
+        return None
+    unique = "protege_task_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    if unique in sys.modules:
+        return sys.modules[unique]
+    spec = importlib.util.spec_from_file_location(unique, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[unique] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class FunctionTeacher:
+    name = "function"
+
+    def __init__(self, spec: str, search_dir: Path | None = None):
+        self.spec = spec
+        self.fn = load_callable(spec, search_dir)
+        # the source's hash is part of the identity: editing the teacher invalidates its cache
+        source = inspect.getsourcefile(self.fn) or ""
+        self.version = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12] if source else ""
+
+    def identity(self) -> str:
+        return f"function:{self.spec}@{self.version}"
+
+    def complete(self, requests: list[TeacherRequest], on_reply=None) -> list[str | None]:
+        replies = []
+        for i, request in enumerate(requests):
+            reply = self.fn(request)
+            reply = reply.strip() if isinstance(reply, str) and reply.strip() else None
+            replies.append(reply)
+            if on_reply:
+                on_reply(i, reply)
+        return replies

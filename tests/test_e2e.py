@@ -1,0 +1,84 @@
+"""`protege run` end to end on a tiny model: function teacher, then an OpenAI-protocol teacher over HTTP."""
+
+import json
+import re
+import sys
+import time
+
+import pytest
+
+from openai_stub import StubServer
+from protege.cli import main
+from protege.runs import read_jsonl
+from protege.teachers.function import load_callable
+
+FAST = ["--set", "student.model=tiny:0", "--set", "train.max_steps=3", "--set", "eval.max_new_tokens=4",
+        "--set", "synth.expand=20", "--set", "synth.max_failures=10"]
+
+
+def stage_names(run_dir):
+    return sorted(p.name for p in (run_dir / "stages").iterdir())
+
+
+def test_run_function_teacher_then_rerun_reuses_everything(tmp_path, examples_dir, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *FAST]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] == 1.0 and len(summary["rounds"]) == 2
+    assert "| base student" in (run_dir / "summary.md").read_text()
+    data = read_jsonl(next((run_dir / "stages").glob("synth-r0-*")) / "data.jsonl")
+    assert {r["meta"]["source"] for r in data} == {"seed", "teacher", "expand"}
+    failures = read_jsonl(next((run_dir / "stages").glob("synth-r1-*")) / "data.jsonl")
+    assert failures and all(r["meta"] == {"source": "failure-round-1", "round": 1} for r in failures)
+    test_inputs = {json.loads(line)["input"] for line in (examples_dir / "iso-dates/test.jsonl").open()}
+    trained = read_jsonl(next((run_dir / "stages").glob("curate-r1-*")) / "train.jsonl")
+    assert not test_inputs & {r["messages"][1]["content"] for r in trained}
+    before = stage_names(run_dir)
+    start = time.time()
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *FAST]) == 0
+    assert time.time() - start < 10 and stage_names(run_dir) == before
+    out = capsys.readouterr()
+    assert "round 1" in out.err and "| student, round 1" in out.out
+
+
+def chat_to_request(teacher_fn):
+    """Serve a task's function teacher over HTTP: parse the chat back into the request it encodes."""
+    from protege.teachers.base import TeacherRequest
+
+    def reply(messages):
+        if messages[0]["role"] == "system":
+            return teacher_fn(TeacherRequest("answer", messages[0]["content"], input=messages[-1]["content"]))
+        examples = tuple(re.findall(r"^- (.*)$", messages[-1]["content"], re.M))
+        return teacher_fn(TeacherRequest("write_input", "", examples=examples, sample=len(messages[-1]["content"])))
+    return reply
+
+
+def test_run_openai_teacher_over_local_http(tmp_path, examples_dir):
+    teacher_fn = load_callable("teacher:teacher", examples_dir / "arithmetic")
+    with StubServer(chat_to_request(teacher_fn), fail_every=7) as server:
+        args = ["run", str(examples_dir / "arithmetic"), "--run-dir", str(tmp_path / "run"), *FAST,
+                "--set", "teacher.kind=openai", "--set", f"teacher.base_url={server.base_url}",
+                "--set", "teacher.model=stub", "--set", "rounds=2", "--set", "teacher.concurrency=4"]
+        assert main(args) == 0
+        paid = server.requests
+        assert paid > 400
+        assert main(args) == 0 and server.requests == paid  # the re-run asks nothing
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["teacher"]["accuracy"] == 1.0 and summary["rounds"][0]["train_examples"] > 300
+
+
+def test_stage_commands(tmp_path, examples_dir, capsys):
+    task, run_dir = str(examples_dir / "iso-dates"), str(tmp_path / "run")
+    assert main(["synth", task, "--run-dir", run_dir, *FAST]) == 0
+    paths = json.loads(capsys.readouterr().out)
+    assert len(read_jsonl(paths["train"])) == 8 + 300 + 20 - 40  # seeds + labeled + expanded - dev
+    assert main(["train", task, "--run-dir", run_dir, *FAST]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert main(["eval", task, "--run-dir", run_dir, "--model", model, *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 150
+
+
+def test_missing_model_is_one_line_exit_1(tmp_path, examples_dir, capsys):
+    code = main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(tmp_path / "r"),
+                 "--set", "student.model=/nope"])
+    assert code == 1 and "/nope" in capsys.readouterr().err

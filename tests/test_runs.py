@@ -1,0 +1,46 @@
+from protege.curate.decontaminate import decontaminate
+from protege.curate.dedup import dedup
+from protege.runs import Run, read_jsonl, write_jsonl
+from protege.synth.records import sft_record
+
+
+def test_stage_builds_once_and_never_leaves_a_half_stage(tmp_path):
+    run, calls = Run(tmp_path), []
+
+    def build(out):
+        calls.append(1)
+        write_jsonl(out / "x.jsonl", [{"a": 1}])
+
+    folder, reused = run.stage("s", {"k": 1}, build)
+    assert not reused and read_jsonl(folder / "x.jsonl") == [{"a": 1}]
+    assert run.stage("s", {"k": 1}, build) == (folder, True) and len(calls) == 1
+    assert run.stage("s", {"k": 2}, build)[0] != folder
+
+    def crash(out):
+        (out / "partial").write_text("x")
+        raise RuntimeError("killed")
+
+    try:
+        run.stage("s", {"k": 3}, crash)
+    except RuntimeError:
+        pass
+    assert sorted(p.name for p in run.stages.iterdir()) == sorted([folder.name, run.stage_dir("s", "x").name][:1]
+                                                                  + [p.name for p in run.stages.iterdir()
+                                                                     if p.name != folder.name])
+    assert not any(p.name.startswith("s-") and (p / "partial").exists() for p in run.stages.iterdir())
+    assert not any(p.name.startswith(".") for p in run.stages.iterdir())
+
+
+def rec(text, source="teacher"):
+    return sft_record("I.", text, "out", source, 0)
+
+
+def test_dedup_keeps_first_and_says_why():
+    kept, removed = dedup([rec("March 3"), rec(" march  3 "), rec("May 1")])
+    assert [r["messages"][1]["content"] for r in kept] == ["March 3", "May 1"]
+    assert removed == [{"id": rec(" march  3 ")["id"], "reason": "duplicate", "of": rec("March 3")["id"]}]
+
+
+def test_decontaminate_drops_test_inputs():
+    kept, removed = decontaminate([rec("a"), rec("B."), rec("c")], ["b", "z"])
+    assert [r["messages"][1]["content"] for r in kept] == ["a", "c"] and removed[0]["reason"] == "in test set"
