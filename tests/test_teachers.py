@@ -53,3 +53,22 @@ def test_function_teacher_loads_task_module_by_path(tmp_path, examples_dir):
                                            "How many stickers are there in total?")])[0]
     assert reply.endswith("18")
     assert iso.identity() != arith.identity()
+
+
+def test_self_teacher_keeps_only_verified_samples(tmp_path):
+    from protege.models import load_model, model_dir
+    from protege.teachers.self_verify import SelfTeacher
+
+    loaded = load_model(model_dir("tiny:0"))
+    seen = []
+
+    def verifier(text, answer):
+        seen.append(answer)
+        return answer == seen[0]  # accepts exactly the first sample it is shown
+
+    teacher = SelfTeacher(lambda: loaded, verifier, samples=3, max_new_tokens=5)
+    cached = CachedTeacher(teacher, TeacherCache(tmp_path / "c.sqlite"))
+    first = cached.complete(ask(["q"]))
+    assert first == [seen[0]] and 1 <= len(seen) <= 3
+    assert SelfTeacher(lambda: loaded, lambda t, a: False, samples=2, max_new_tokens=5).complete(ask(["q"])) == [None]
+    assert cached.complete(ask(["q"])) == first and cached.stats.paid == 1

@@ -19,7 +19,9 @@ def cmd_run(args) -> int:
     from .report.summary import results_table
     task = load_task(args.task, args.set)
     summary = run_pipeline(task, _run_dir(args, task))
+    student = summary["student"]
     print("\n" + results_table(summary))
+    print(f"\nstudent kept: round {student['round']} ({student['accuracy']:.1%} held-out), {student['model']}")
     print(f"\nrun directory: {_run_dir(args, task)}  ({summary['wall_seconds']} s)")
     return 0
 

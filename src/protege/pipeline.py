@@ -3,6 +3,7 @@ of the run directory, so a finished run re-runs in seconds and a killed one resu
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import time
@@ -139,7 +140,8 @@ def train_round(ctx: Context, round_: int, train_file: Path) -> Path:
         records = read_jsonl(train_file)
         ctx.say(f"round {round_}: training on {len(records)} examples ({cfg.adapter}, {ctx.device})")
         start = time.time()
-        log = train_sft(ctx.base, records, cfg, out, ctx.device)
+        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for results
+            log = train_sft(ctx.base, records, cfg, out, ctx.device)
         write_json(out / "timing.json", {"seconds": time.time() - start, "examples": log["examples"]})
 
     folder, _ = ctx.run.stage(f"train-r{round_}", key, build)

@@ -7,9 +7,9 @@ def results_table(summary: dict) -> str:
     rows = [("base student", summary["base"]["accuracy"]), ("teacher", summary["teacher"]["accuracy"])]
     rows += [(f"student, round {r['round']}", r["test_accuracy"]) for r in summary["rounds"]]
     width = max(len(name) for name, _ in rows)
-    lines = [f"| {'model'.ljust(width)} | held-out {summary['metric']} accuracy |",
-             f"|{'-' * (width + 2)}|{'-' * 30}|"]
-    lines += [f"| {name.ljust(width)} | {acc:6.1%} |" for name, acc in rows]
+    header = f"held-out {summary['metric']} accuracy (n={summary['test_items']})"
+    lines = [f"| {'model'.ljust(width)} | {header} |", f"|{'-' * (width + 2)}|{'-' * (len(header) + 2)}|"]
+    lines += [f"| {name.ljust(width)} | {f'{acc:.1%}'.rjust(len(header))} |" for name, acc in rows]
     return "\n".join(lines)
 
 

@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from .base import Teacher, TeacherRequest, cache_key
 
 
@@ -74,14 +76,17 @@ class CachedTeacher:
         missing = [i for i, r in enumerate(replies) if r is None]
         self.stats.requests += len(requests)
         self.stats.paid += len(missing)
+        bar = tqdm(total=len(missing), desc=f"teacher ({self.backend.name})", unit="req", leave=False,
+                   disable=len(missing) < 2)
 
         def store(j: int, reply: str | None) -> None:
+            bar.update(1)
             if reply is not None:
                 self.cache.put(keys[missing[j]], reply)
 
-        if missing:
-            fresh = self.backend.complete([requests[i] for i in missing], on_reply=store)
-            for i, reply in zip(missing, fresh):
-                replies[i] = reply
-                self.stats.failed += reply is None
+        fresh = self.backend.complete([requests[i] for i in missing], on_reply=store) if missing else []
+        bar.close()
+        for i, reply in zip(missing, fresh):
+            replies[i] = reply
+            self.stats.failed += reply is None
         return replies
