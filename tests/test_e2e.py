@@ -82,3 +82,20 @@ def test_missing_model_is_one_line_exit_1(tmp_path, examples_dir, capsys):
     code = main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(tmp_path / "r"),
                  "--set", "student.model=/nope"])
     assert code == 1 and "/nope" in capsys.readouterr().err
+
+
+def test_expansion_from_a_task_generator(tmp_path, examples_dir, capsys):
+    args = ["synth", str(examples_dir / "iso-dates"), "--run-dir", str(tmp_path / "run"), *FAST,
+            "--set", "synth.generator=teacher:generate", "--set", "synth.label_inputs=false"]
+    assert main(args) == 0
+    data = read_jsonl(json.loads(capsys.readouterr().out)["data"])
+    assert sum(r["meta"]["source"] == "expand" for r in data) == 20
+    assert sum(r["meta"]["source"] == "seed" for r in data) == 8
+
+
+def test_best_round_is_chosen_on_dev_never_on_test():
+    from protege.pipeline import best_round
+    rounds = [{"round": 0, "dev_accuracy": 0.9, "test_accuracy": 0.5},
+              {"round": 1, "dev_accuracy": 0.8, "test_accuracy": 0.99},
+              {"round": 2, "dev_accuracy": 0.9, "test_accuracy": 0.7}]
+    assert best_round(rounds)["round"] == 0

@@ -52,3 +52,13 @@ def test_evaluate_model_scores_every_item():
     items = [Example(input="a", output="b"), Example(input="c", output="d")]
     recs, summary = evaluate_model(model, tokenizer, items, "I.", "exact", EvalConfig(max_new_tokens=3))
     assert summary["n"] == 2 and len(recs) == 2 and all("prediction" in r for r in recs)
+
+
+def test_a_local_hf_directory_is_a_student(tmp_path):
+    import pytest
+    from protege.models import ModelNotFound
+    tiny = model_dir("tiny:0")
+    assert model_dir(str(tiny)) == tiny.resolve()
+    assert model_dir(tiny.name, base=tiny.parent) == tiny.resolve()  # relative to the task folder
+    with pytest.raises(ModelNotFound, match="config.json"):
+        model_dir(str(tmp_path))

@@ -4,6 +4,7 @@ of the run directory, so a finished run re-runs in seconds and a killed one resu
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sys
 import time
@@ -63,7 +64,6 @@ def _teacher_stage(ctx: Context, name: str, key, build) -> Path:
 
 
 def _stage_requests(folder: Path) -> dict:
-    import json
     return json.loads((folder / "teacher.json").read_text())
 
 
@@ -167,7 +167,6 @@ def eval_stage(ctx: Context, name: str, adapter: Path | None, items: list[Exampl
         write_json(out / "summary.json", summary)
 
     folder, _ = ctx.run.stage(name, key, build)
-    import json
     summary = json.loads((folder / "summary.json").read_text())
     return {**summary, "records": str(folder / "records.jsonl")}
 
@@ -190,7 +189,6 @@ def eval_teacher(ctx: Context) -> dict:
         write_json(out / "summary.json", summary)
 
     folder = _teacher_stage(ctx, "eval-teacher", key, build)
-    import json
     return json.loads((folder / "summary.json").read_text())
 
 
@@ -244,7 +242,8 @@ def prepare(task: LoadedTask, run_dir: Path, say=say_progress) -> Context:
 def _round_line(r: dict) -> str:
     return (f"round {r['round']}: {r['train_examples']} examples (+{r['new_examples']} new) | "
             f"test {r['test_accuracy']:.1%} | dev {r['dev_accuracy']:.1%} | "
-            f"{r['failures']} failures mined | teacher requests {r['teacher_requests']}")
+            f"{r['failures'] if 'stop' not in r else '-'} failures mined | "
+            f"teacher requests {r['teacher_requests']}")
 
 
 def run_rounds(ctx: Context) -> list[dict]:
@@ -270,9 +269,10 @@ def run_rounds(ctx: Context) -> list[dict]:
             failures += [r["input"] for r in read_jsonl(Path(dev["records"])) if r["score"] < 1]
             entry["failures"] = len(failures)
             stop = "the student made no mistakes to learn from" if not failures else None
-        ctx.say(_round_line(entry))
         if stop:
             entry["stop"] = stop
+        ctx.say(_round_line(entry))
+        if stop:
             ctx.say(f"stopping: {stop}")
             break
         data_files.append(synth_failures(ctx, round_ + 1, failures[:spec.synth.max_failures]) / "data.jsonl")

@@ -18,6 +18,7 @@ def summary_markdown(summary: dict) -> str:
     spent = summary["teacher_requests"]
     return (f"# {summary['task']}\n\n{results_table(summary)}\n\n"
             f"Kept: round {student['round']} ({student['accuracy']:.1%}), {student['model']}\n\n"
-            f"Test items: {summary['test_items']}. Teacher requests: {spent['spent']} of {spent['budget']} "
-            f"(paid this run: {spent['paid_this_run']}). Wall time: {summary['wall_seconds']} s on "
+            f"Test items: {summary['test_items']}. Teacher requests for training data: {spent['spent']} of "
+            f"the budget of {spent['budget']}; requests sent this run, answering the test set included, "
+            f"cache hits excluded: {spent['paid_this_run']}. Wall time: {summary['wall_seconds']} s on "
             f"{summary['device']}.\n")
