@@ -65,3 +65,10 @@ def test_override_from_command_line(tmp_path):
     assert task.spec.student.model == "tiny:0" and task.spec.train.epochs == 1.0
     with pytest.raises(ConfigError, match="train.epoch"):
         load_task(write(tmp_path, GOOD), ["train.epoch=1"])
+
+
+def test_bad_jsonl_line_names_file_line_field(tmp_path):
+    (tmp_path / "test.jsonl").write_text('{"input": "c", "output": "d"}\n{"input": oops}\n')
+    with pytest.raises(ConfigError) as err:
+        load_task(write(tmp_path, GOOD.replace("test:\n  - {input: c, output: d}", "test: test.jsonl")))
+    assert str(err.value).startswith(f"{tmp_path / 'test.jsonl'}:2: field 'test': invalid JSON")

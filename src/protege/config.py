@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,18 +147,20 @@ def _line_of(lines: dict[tuple, int], loc: tuple) -> int:
     return 1
 
 
-def _field_name(loc: tuple) -> str:
+def _user_loc(loc: tuple) -> tuple:
     # pydantic puts the union branch ("list[Example]", "str") into loc; the user never wrote those
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"}))]
-    return ".".join(parts) or "(document)"
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
+
+
+def _field_name(loc: tuple) -> str:
+    return ".".join(str(p) for p in _user_loc(loc)) or "(document)"
 
 
 def _first_error(exc: ValidationError, lines: dict[tuple, int], where: str) -> ConfigError:
     err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"])
-    clean = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
     message = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
-    return ConfigError(f"{where}:{_line_of(lines, clean)}: field '{_field_name(loc)}': {message}")
+    return ConfigError(f"{where}:{_line_of(lines, _user_loc(err['loc']))}: field '{_field_name(err['loc'])}': "
+                       f"{message}")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -197,17 +198,13 @@ def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSp
 
 
 def _read_jsonl(path: Path, where: str, line: int, field: str) -> list[Any]:
+    from .runs import JSONLError, read_jsonl
     if not path.is_file():
         raise ConfigError(f"{where}:{line}: field '{field}': file not found: {path}")
-    rows = []
-    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(json.loads(raw))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n}: field '{field}': invalid JSON: {exc.msg}") from None
-    return rows
+    try:
+        return read_jsonl(path)
+    except JSONLError as exc:
+        raise ConfigError(f"{exc.path}:{exc.line}: field '{field}': invalid JSON: {exc.msg}") from None
 
 
 def _examples(value, task: LoadedTask, lines, field: str) -> list[Example]:

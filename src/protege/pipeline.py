@@ -4,17 +4,16 @@ of the run directory, so a finished run re-runs in seconds and a killed one resu
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Example, LoadedTask
 from .curate import curate
 from .models import load_model, model_dir, pick_device
-from .runs import Run, digest, file_digest, read_jsonl, write_json, write_jsonl
+from .runs import Run, digest, file_digest, read_json, read_jsonl, write_json, write_jsonl
 from .synth.expand import inputs_from_generator, inputs_from_teacher
 from .synth.failures import inputs_like_failures
 from .synth.label import label_inputs
@@ -37,7 +36,7 @@ class Context:
     base_id: str = ""
     teacher: CachedTeacher | None = None
     spent: int = 0  # teacher requests charged to the synthesis budget so far
-    timings: dict = field(default_factory=dict)
+    loaded: tuple | None = None  # (adapter, model, tokenizer) of the last evaluation
 
     @property
     def spec(self):
@@ -64,7 +63,7 @@ def _teacher_stage(ctx: Context, name: str, key, build) -> Path:
 
 
 def _stage_requests(folder: Path) -> dict:
-    return json.loads((folder / "teacher.json").read_text())
+    return read_json(folder / "teacher.json")
 
 
 def synth_round0(ctx: Context) -> Path:
@@ -152,6 +151,14 @@ def as_examples(records: list[dict]) -> list[Example]:
     return [Example(input=record_input(r), output=record_answer(r)) for r in records]
 
 
+def loaded_student(ctx: Context, adapter: Path | None) -> tuple:
+    """A round's test, dev and mining evaluations share one loaded (and merged) model."""
+    if ctx.loaded is None or ctx.loaded[0] != adapter:
+        ctx.loaded = None  # free the previous model before loading the next
+        ctx.loaded = (adapter, *load_model(ctx.base, ctx.device, adapter))
+    return ctx.loaded[1:]
+
+
 def eval_stage(ctx: Context, name: str, adapter: Path | None, items: list[Example], key_extra) -> dict:
     """Evaluate the base (adapter None) or a trained student on items; returns the summary."""
     from .evaluate.task_eval import evaluate_model
@@ -160,14 +167,14 @@ def eval_stage(ctx: Context, name: str, adapter: Path | None, items: list[Exampl
            "eval": spec.eval.model_dump(), "instruction": spec.instruction}
 
     def build(out: Path) -> None:
-        model, tokenizer = load_model(ctx.base, ctx.device, adapter)
+        model, tokenizer = loaded_student(ctx, adapter)
         records, summary = evaluate_model(model, tokenizer, items, spec.instruction, spec.metric, spec.eval,
                                           desc=name)
         write_jsonl(out / "records.jsonl", records)
         write_json(out / "summary.json", summary)
 
     folder, _ = ctx.run.stage(name, key, build)
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = read_json(folder / "summary.json")
     return {**summary, "records": str(folder / "records.jsonl")}
 
 
@@ -189,7 +196,7 @@ def eval_teacher(ctx: Context) -> dict:
         write_json(out / "summary.json", summary)
 
     folder = _teacher_stage(ctx, "eval-teacher", key, build)
-    return json.loads((folder / "summary.json").read_text())
+    return read_json(folder / "summary.json")
 
 
 def mine_failures(ctx: Context, round_: int, model_key: str, adapter: Path, train_file: Path) -> list[str]:
@@ -231,10 +238,7 @@ def prepare(task: LoadedTask, run_dir: Path, say=say_progress) -> Context:
     ctx.base = model_dir(spec.student.model, task.directory)
     ctx.base_id = _base_identity(spec.student.model, ctx.base)
 
-    def load_student():
-        return load_model(ctx.base, ctx.device)
-
-    backend = build_teacher(spec.teacher, task.directory, (load_student, ctx.base_id))
+    backend = build_teacher(spec.teacher, task.directory, (lambda: loaded_student(ctx, None), ctx.base_id))
     ctx.teacher = CachedTeacher(backend, TeacherCache(), {"max_tokens": spec.teacher.max_tokens})
     return ctx
 
@@ -242,7 +246,7 @@ def prepare(task: LoadedTask, run_dir: Path, say=say_progress) -> Context:
 def _round_line(r: dict) -> str:
     return (f"round {r['round']}: {r['train_examples']} examples (+{r['new_examples']} new) | "
             f"test {r['test_accuracy']:.1%} | dev {r['dev_accuracy']:.1%} | "
-            f"{r['failures'] if 'stop' not in r else '-'} failures mined | "
+            f"{'-' if r['failures'] is None else r['failures']} failures mined | "
             f"teacher requests {r['teacher_requests']}")
 
 
@@ -260,7 +264,7 @@ def run_rounds(ctx: Context) -> list[dict]:
         dev = eval_stage(ctx, f"dev-r{round_}", trained / "model", dev_items, model_key) if dev_items else test
         entry = {"round": round_, "model": str(trained / "model"), "train_examples": len(read_jsonl(train_file)),
                  "new_examples": len(read_jsonl(data_files[-1])), "test_accuracy": test["accuracy"],
-                 "dev_accuracy": dev["accuracy"], "test_records": test["records"], "failures": 0,
+                 "dev_accuracy": dev["accuracy"], "test_records": test["records"], "failures": None,
                  "teacher_requests": ctx.spent}
         rounds.append(entry)
         stop = _stop_reason(ctx, rounds)
@@ -269,10 +273,9 @@ def run_rounds(ctx: Context) -> list[dict]:
             failures += [r["input"] for r in read_jsonl(Path(dev["records"])) if r["score"] < 1]
             entry["failures"] = len(failures)
             stop = "the student made no mistakes to learn from" if not failures else None
-        if stop:
-            entry["stop"] = stop
         ctx.say(_round_line(entry))
         if stop:
+            entry["stop"] = stop
             ctx.say(f"stopping: {stop}")
             break
         data_files.append(synth_failures(ctx, round_ + 1, failures[:spec.synth.max_failures]) / "data.jsonl")

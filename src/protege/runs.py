@@ -41,6 +41,37 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def cache_root() -> Path:
+    """Where converted models and the teacher cache live; PROTEGE_CACHE_DIR moves it."""
+    return Path(os.environ.get("PROTEGE_CACHE_DIR") or Path.home() / ".cache" / "protege")
+
+
+def build_dir_atomic(target: Path, build: Callable[[Path], None]) -> None:
+    """Build a folder in a temporary sibling and rename it into place when the build finishes, so
+    a crash leaves nothing that looks done and no temporary folder behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class JSONLError(ValueError):
+    """A line of a JSONL file that is not JSON; says which file and line."""
+
+    def __init__(self, path: Path, line: int, msg: str):
+        self.path, self.line, self.msg = path, line, msg
+        super().__init__(f"{path}:{line}: invalid JSON: {msg}")
+
+
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -48,7 +79,7 @@ def read_jsonl(path: Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: invalid JSON: {exc.msg}") from None
+                raise JSONLError(path, n, exc.msg) from None
     return rows
 
 
@@ -63,19 +94,15 @@ class Run:
         return self.stages / f"{name}-{key}"
 
     def stage(self, name: str, key_material: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
-        """Return the stage's folder, building it first unless it exists. The build writes into a
-        temporary folder that is renamed into place only when it finishes, so a crash leaves
-        nothing that looks done. Returns (folder, reused)."""
+        """Return the stage's folder, building it first (atomically) unless it exists.
+        Returns (folder, reused)."""
         final = self.stage_dir(name, digest(key_material))
         if final.is_dir():
             return final, True
-        self.stages.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.stages, prefix=f".{final.name}."))
-        try:
-            build(tmp)
-            write_json(tmp / "stage.json", {"name": name, "key": key_material})
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        def build_and_record(out: Path) -> None:
+            build(out)
+            write_json(out / "stage.json", {"name": name, "key": key_material})
+
+        build_dir_atomic(final, build_and_record)
         return final, False

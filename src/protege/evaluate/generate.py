@@ -11,14 +11,6 @@ def chat_prompts(tokenizer, chats: list[list[dict]]) -> list[list[int]]:
             for c in chats]
 
 
-def _batch(tokenizer, prompts: list[list[int]], device) -> dict:
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    ids = [[pad] * (width - len(p)) + p for p in prompts]
-    mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
-    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
-
-
 @torch.inference_mode()
 def generate(model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 32,
              temperature: float = 0.0, seed: int = 0, desc: str = "generate") -> list[str]:
@@ -32,7 +24,8 @@ def generate(model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32
     bar = tqdm(total=len(prompts), desc=desc, unit="item", leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = _batch(tokenizer, [prompts[i] for i in chunk], model.device)
+        batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding_side="left",
+                              return_tensors="pt").to(model.device)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **sampling)
         for i, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):

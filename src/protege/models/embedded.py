@@ -4,12 +4,9 @@ dequantized once by transformers into a safetensors directory, checked by sha256
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from ..runs import file_digest, write_json
+from ..runs import build_dir_atomic, cache_root, file_digest, read_json, write_json
 
 EMBEDDED = {
     "smollm2-135m-instruct": {
@@ -25,8 +22,7 @@ class ModelNotFound(RuntimeError):
 
 
 def models_cache() -> Path:
-    root = os.environ.get("PROTEGE_CACHE_DIR") or Path.home() / ".cache" / "protege"
-    return Path(root) / "models"
+    return cache_root() / "models"
 
 
 def gguf_path(name: str) -> Path:
@@ -62,8 +58,7 @@ def _verified(directory: Path) -> bool:
     manifest = directory / "manifest.json"
     if not manifest.is_file():
         return False
-    import json
-    expected = json.loads(manifest.read_text())["sha256"]
+    expected = read_json(manifest)["sha256"]
     return all(file_digest(directory / f) == h for f, h in expected.items())
 
 
@@ -77,11 +72,11 @@ def embedded_dir(name: str) -> Path:
     source = gguf_path(name)
     if file_digest(source) != EMBEDDED[name]["sha256"]:
         raise ModelNotFound(f"{source}: sha256 does not match the pinned checksum")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
-    _convert(source, tmp)
-    write_json(tmp / "manifest.json", {"source": str(source), "source_sha256": EMBEDDED[name]["sha256"],
-                                       "sha256": {"model.safetensors": file_digest(tmp / "model.safetensors")}})
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+
+    def convert_and_record(out: Path) -> None:
+        _convert(source, out)
+        write_json(out / "manifest.json", {"source": str(source), "source_sha256": EMBEDDED[name]["sha256"],
+                                           "sha256": {"model.safetensors": file_digest(out / "model.safetensors")}})
+
+    build_dir_atomic(target, convert_and_record)
     return target

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from ..runs import build_dir_atomic
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -50,9 +49,5 @@ def tiny_dir(seed: int, cache: Path) -> Path:
     target = cache / f"tiny-{seed}"
     if (target / "config.json").is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".tiny-{seed}."))
-    build_tiny(tmp, seed)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    build_dir_atomic(target, lambda out: build_tiny(out, seed))
     return target

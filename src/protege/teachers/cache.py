@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -10,12 +9,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..runs import cache_root
 from .base import Teacher, TeacherRequest, cache_key
 
 
 def default_cache_path() -> Path:
-    root = os.environ.get("PROTEGE_CACHE_DIR") or Path.home() / ".cache" / "protege"
-    return Path(root) / "teacher_cache.sqlite"
+    return cache_root() / "teacher_cache.sqlite"
 
 
 class TeacherCache:
