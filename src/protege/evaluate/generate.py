@@ -21,15 +21,14 @@ def generate(model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature > 0 \
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     torch.manual_seed(seed)
-    bar = tqdm(total=len(prompts), desc=desc, unit="item", leave=False)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding_side="left",
-                              return_tensors="pt").to(model.device)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **sampling)
-        for i, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
-            replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(prompts), desc=desc, unit="item", leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = tokenizer.pad({"input_ids": [prompts[i] for i in chunk]}, padding_side="left",
+                                  return_tensors="pt").to(model.device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **sampling)
+            for i, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
+                replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+            bar.update(len(chunk))
     return replies

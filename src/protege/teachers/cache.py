@@ -75,16 +75,16 @@ class CachedTeacher:
         missing = [i for i, r in enumerate(replies) if r is None]
         self.stats.requests += len(requests)
         self.stats.paid += len(missing)
-        bar = tqdm(total=len(missing), desc=f"teacher ({self.backend.name})", unit="req", leave=False,
-                   disable=len(missing) < 2)
+        # the bar closes (and clears its line) even when the backend raises, so an error reads alone
+        with tqdm(total=len(missing), desc=f"teacher ({self.backend.name})", unit="req", leave=False,
+                  disable=len(missing) < 2) as bar:
 
-        def store(j: int, reply: str | None) -> None:
-            bar.update(1)
-            if reply is not None:
-                self.cache.put(keys[missing[j]], reply)
+            def store(j: int, reply: str | None) -> None:
+                bar.update(1)
+                if reply is not None:
+                    self.cache.put(keys[missing[j]], reply)
 
-        fresh = self.backend.complete([requests[i] for i in missing], on_reply=store) if missing else []
-        bar.close()
+            fresh = self.backend.complete([requests[i] for i in missing], on_reply=store) if missing else []
         for i, reply in zip(missing, fresh):
             replies[i] = reply
             self.stats.failed += reply is None
