@@ -1,61 +1,82 @@
-"""Supervised fine-tuning with the loss on the answer only, through TRL's SFTTrainer.
+"""Supervised fine-tuning with the loss on every assistant turn, through TRL's SFTTrainer.
 
-Each record's chat is split into prompt (everything before the last assistant turn) and completion
-(that turn); TRL masks the prompt out of the loss for prompt-completion data. This works with any
-chat template, where TRL's assistant_only_loss needs {% generation %} markers in the template."""
+protege tokenizes the chats itself: each assistant turn's tokens are found by rendering the chat
+up to that turn, so the loss covers every assistant turn of a multi-turn chat with any chat
+template (TRL's assistant_only_loss needs {% generation %} markers, which most templates lack).
+
+By default the examples of a batch are laid end to end in one row with position ids that restart
+at each example (TRL's padding-free collator): no padding is computed, and transformers builds a
+block-diagonal attention mask from the position ids, so no example attends to another. TRL's
+fused LM head then projects onto the vocabulary only the positions that have a label."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 from ..config import TrainConfig
-from .adapters import learning_rate, peft_config
+from .adapters import peft_config
+from .common import (TokenCounter, attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir,
+                     trainer_kwargs)
 
 
-def to_prompt_completion(records: list[dict]) -> list[dict]:
-    rows = []
-    for record in records:
-        messages = record["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        rows.append({"prompt": messages[:last], "completion": [messages[last]]})
-    return rows
+def render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def training_args(cfg: TrainConfig, output_dir: Path, device: str):
-    from trl import SFTConfig
-    on_gpu = device == "cuda"
-    # TRL's defaults (bf16, gradient checkpointing) slow a CPU down: turn them on only on a GPU
-    return SFTConfig(
-        output_dir=str(output_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, learning_rate=learning_rate(cfg),
-        lr_scheduler_type="linear", warmup_steps=0, max_length=cfg.max_length, seed=cfg.seed,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(), fp16=False, activation_checkpointing=False,
-        use_cpu=not on_gpu, logging_steps=5, save_strategy="no", report_to="none",
-        completion_only_loss=True, dataloader_num_workers=0, disable_tqdm=False)
+def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """input_ids of the whole chat and labels that keep only the assistant turns' tokens."""
+    input_ids = render(tokenizer, messages, False)
+    labels = [-100] * len(input_ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(render(tokenizer, messages[:i], True))
+        end = len(render(tokenizer, messages[:i + 1], False))
+        if input_ids[:end] != render(tokenizer, messages[:i + 1], False):
+            raise ValueError("the chat template renders a turn differently inside a longer chat; "
+                             "it cannot be split into turns for the loss")
+        labels[start:end] = input_ids[start:end]
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
 
 
-def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path,
-              device: str = "cpu") -> dict:
-    """Train and save the adapter (or the full model) with its tokenizer into output_dir/model."""
+def tokenized_dataset(tokenizer, records: list[dict], max_length: int):
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    rows = [tokenize_chat(tokenizer, record["messages"], max_length) for record in records]
+    rows = [row for row in rows if any(label != -100 for label in row["labels"])]
+    if not rows:
+        raise ValueError("no training data: no example has an assistant turn within train.max_length")
+    return Dataset.from_list(rows)
+
+
+def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
+    from trl import SFTConfig
+    packing = {"padding-free": dict(padding_free=True, packing=False, max_length=None),
+               "bfd": dict(packing=True, packing_strategy="bfd", max_length=cfg.max_length),
+               "none": dict(padding_free=False, packing=False, max_length=None,
+                            train_sampling_strategy="group_by_length")}[cfg.packing]
+    return SFTConfig(**trainer_kwargs(cfg, checkpoints, device), **packing)
+
+
+def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
+              stage_seed: int = 0, checkpoints: Path | None = None,
+              wrap_collator: Callable | None = None) -> dict:
+    """Train on chat records and save the adapter (or the whole model) into output_dir/model.
+    `wrap_collator(collator, tokenizer)` lets a variant (masked-thought) change each batch."""
     from trl import SFTTrainer
 
     if not records:
         raise ValueError("no training data: every example was removed or the teacher answered none")
-    torch.manual_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    args = training_args(cfg, output_dir / "checkpoints", device)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(to_prompt_completion(records)),
+    checkpoints = checkpoints or output_dir / "checkpoints"
+    model, tokenizer, notes = load_trainable(model_path, cfg, stage_seed)
+    tensorboard_dir(output_dir)
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
+                         train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
                          processing_class=tokenizer, peft_config=peft_config(cfg))
-    result = trainer.train()
-    trainer.save_model(str(output_dir / "model"))
-    tokenizer.save_pretrained(output_dir / "model")
-    log = {"metrics": result.metrics, "history": trainer.state.log_history, "examples": len(records)}
-    (output_dir / "train_log.json").write_text(json.dumps(log, indent=2))
-    return log
-
+    collator = wrap_collator(trainer.data_collator, tokenizer) if wrap_collator else trainer.data_collator
+    trainer.data_collator = counter = TokenCounter(collator)
+    attach_callbacks(trainer, counter)
+    result = fit(trainer, checkpoints)
+    notes |= {"method": "sft", "examples": len(records)}
+    return save_trained(trainer, tokenizer, output_dir, checkpoints, notes, counter, result)

@@ -1,0 +1,142 @@
+"""What every trainer file shares: the Trainer settings picked for the hardware, loading the
+student with its adapter choice, a progress bar with tokens/s, a stop on a NaN loss, resuming
+from the last checkpoint, and saving the result with its log.
+
+Each method keeps its own file (sft.py, dpo.py, ...) that reads top to bottom, TRL-style; they
+call these helpers rather than inherit from a protege base trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import ProgressCallback, TrainerCallback
+
+from ..config import TrainConfig
+from .adapters import apply_hft, learning_rate
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the run stops and says what to change."""
+
+
+def on_gpu(device: str) -> bool:
+    return device == "cuda" and torch.cuda.is_available()
+
+
+def trainer_kwargs(cfg: TrainConfig, checkpoints: Path, device: str) -> dict:
+    """TrainingArguments fields shared by SFTConfig, DPOConfig, GRPOConfig and DistillationConfig.
+
+    TRL's defaults (bf16, gradient checkpointing) suit a GPU with little memory; on a CPU without
+    fast bf16 they halve the speed, so each is on only where it pays."""
+    gpu = on_gpu(device)
+    return dict(
+        output_dir=str(checkpoints), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, learning_rate=learning_rate(cfg),
+        lr_scheduler_type="linear", warmup_steps=0, seed=cfg.seed, data_seed=cfg.seed,
+        bf16=gpu and torch.cuda.is_bf16_supported(), fp16=False, gradient_checkpointing=False, activation_checkpointing=False,
+        use_cpu=not gpu, logging_steps=1, logging_nan_inf_filter=False,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
+        report_to=[r for r in cfg.report_to if r != "none"] or "none",
+        dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
+        ddp_find_unused_parameters=False)
+
+
+def load_trainable(model_path: Path, cfg: TrainConfig, stage_seed: int):
+    """Model and tokenizer ready for a Trainer. LoRA is added by the trainer from peft_config;
+    HFT freezes its half here, and the selection goes in the log."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    notes = {"adapter": cfg.adapter}
+    if cfg.adapter == "hft":
+        notes["hft"] = apply_hft(model, stage_seed)
+    return model, tokenizer, notes
+
+
+class TokenCounter:
+    """Wraps a data collator to count the tokens and answer tokens of every batch it builds."""
+
+    def __init__(self, collator):
+        self.collator, self.tokens, self.answer_tokens = collator, 0, 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        labels = batch.get("labels")
+        if labels is not None:
+            self.answer_tokens += int((labels != -100).sum())
+        self.tokens += int(batch["input_ids"].numel())
+        return batch
+
+
+class Progress(ProgressCallback):
+    """transformers' bar, plus tokens/s and answer tokens/s when the trainer counts them."""
+
+    def __init__(self, counter: TokenCounter | None = None):
+        super().__init__()
+        self.counter, self.start = counter, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+        return super().on_train_begin(args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is None or self.counter is None:
+            return
+        elapsed = max(time.time() - self.start, 1e-9)
+        self.training_bar.set_postfix({"loss": f"{(logs or {}).get('loss', float('nan')):.3f}",
+                                       "tok/s": f"{self.counter.tokens / elapsed:.0f}",
+                                       "answer tok/s": f"{self.counter.answer_tokens / elapsed:.0f}"})
+
+
+class StopOnNaN(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"training stopped: {key} became {value} at step {state.global_step}; lower "
+                    f"train.learning_rate (it was {args.learning_rate:g}) or check the data")
+
+
+def attach_callbacks(trainer, counter: TokenCounter | None = None) -> None:
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StopOnNaN())
+    if trainer.is_world_process_zero():
+        trainer.add_callback(Progress(counter))
+
+
+def fit(trainer, checkpoints: Path):
+    """Train, resuming from the newest checkpoint a killed run left in `checkpoints`."""
+    from transformers.trainer_utils import get_last_checkpoint
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    return trainer.train(resume_from_checkpoint=last)
+
+
+def tensorboard_dir(output_dir: Path) -> None:
+    # the Trainer writes its event files under output_dir/tensorboard, not the checkpoints
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(output_dir / "tensorboard")
+
+
+def save_trained(trainer, tokenizer, output_dir: Path, checkpoints: Path, notes: dict,
+                 counter: TokenCounter | None = None, result=None) -> dict:
+    """Save the adapter (LoRA) or the whole model with its tokenizer into output_dir/model, and
+    train_log.json beside it; the checkpoints go once the result is safe."""
+    trainer.save_model(str(output_dir / "model"))
+    log = {"metrics": result.metrics if result else {}, "history": trainer.state.log_history, **notes}
+    if counter is not None:
+        log["tokens"] = {"all": counter.tokens, "answer": counter.answer_tokens}
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir / "model")
+        (output_dir / "train_log.json").write_text(json.dumps(log, indent=2, default=str))
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return log
