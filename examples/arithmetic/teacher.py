@@ -179,6 +179,8 @@ def teacher(request) -> str:
         return answer(getattr(request, "input", ""))
     if purpose == "write_input":
         return write_input(getattr(request, "examples", ()), getattr(request, "sample", 0))
+    if purpose == "critique":
+        return critique(getattr(request, "input", ""), getattr(request, "candidate", ""))
     return ""
 
 
@@ -190,3 +192,38 @@ def verify(input: str, answer: str) -> bool:
     expected = result(input)
     numbers = NUMBER.findall(answer) if isinstance(answer, str) else []
     return expected is not None and bool(numbers) and abs(float(numbers[-1]) - expected) < 1e-6
+
+
+STEP = re.compile(r"(-?\d+) *([-+*/]) *(-?\d+) *= *(-?\d+(?:\.\d+)?)")
+
+
+def critique(input: str, candidate: str) -> str:
+    """Checks each "x op y = z" step of the candidate, works the problem out, compares the candidate's
+    last number with the result (as verify does) and ends with "Verdict: correct" or "Verdict:
+    incorrect"; "" for a problem the templates cannot read."""
+    parsed = parse(input)
+    solved = solve(*parsed) if parsed else None
+    if not solved:
+        return ""
+    steps, value = solved
+    candidate = candidate if isinstance(candidate, str) else ""
+    lines = []
+    for x, op, y, z in STEP.findall(candidate):
+        x, y = int(x), int(y)
+        true = None if op == "/" and (y == 0 or x % y) else OPERATIONS[op](x, y)
+        if true is not None and abs(float(z) - true) < 1e-6:
+            lines.append(f"The step {x} {op} {y} = {z} is right.")
+        else:
+            lines.append(f"The step {x} {op} {y} = {z} is wrong: {x} {op} {y} is "
+                         f"{true if true is not None else 'not a whole number'}.")
+    lines.append("Working it out: " + ", then ".join(steps) + ".")
+    numbers = NUMBER.findall(candidate)
+    correct = verify(input, candidate)
+    if not numbers:
+        lines.append(f"The candidate gives no final number; the answer is {value}.")
+    elif correct:
+        lines.append(f"The candidate's final answer {numbers[-1]} matches the result {value}.")
+    else:
+        lines.append(f"The candidate's final answer {numbers[-1]} does not match the result {value}.")
+    lines.append(f"Verdict: {'correct' if correct else 'incorrect'}")
+    return "\n".join(lines)

@@ -39,16 +39,20 @@ def cmd_synth(args) -> int:
 
 def cmd_train(args) -> int:
     from .pipeline import curate_round, prepare, synth_round0, train_round
+    from .runs import is_main_process
     task = load_task(args.task, args.set)
     if args.adapter:
         task.spec.train.adapter = args.adapter
+    if args.method:
+        task.spec.train.method = args.method
     ctx = prepare(task, _run_dir(args, task))
     data = Path(args.data) if args.data else curate_round(ctx, 0, [synth_round0(ctx) / "data.jsonl"], None) \
         / "train.jsonl"
     if not data.is_file():
         raise ConfigError(f"{data}:1: field 'data': file not found")
-    trained = train_round(ctx, 0, data)
-    print(json.dumps({"model": str(trained / "model"), "log": str(trained / "train_log.json")}, indent=2))
+    trained = train_round(ctx, 0, data, given=bool(args.data))
+    if is_main_process():
+        print(json.dumps({"model": str(trained / "model"), "log": str(trained / "train_log.json")}, indent=2))
     return 0
 
 
@@ -83,8 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a task field, e.g. --set student.model=tiny:0 --set train.epochs=1")
         p.set_defaults(fn=fn)
         if name == "train":
-            p.add_argument("--data", help="JSONL of chat records to train on (default: the task's data)")
-            p.add_argument("--adapter", choices=["lora", "full"], help="override train.adapter")
+            p.add_argument("--data", help="JSONL to train on: chat records, or for dpo preference pairs "
+                           "{prompt, chosen, rejected}, for cft critique records (default: the task's data)")
+            p.add_argument("--method", choices=["sft", "masked-thought", "cft", "dpo", "distill", "grpo"],
+                           help="override train.method")
+            p.add_argument("--adapter", choices=["lora", "hft", "full"], help="override train.adapter")
         if name == "eval":
             p.add_argument("--model", help="trained model or adapter directory (default: the base student)")
     return parser

@@ -3,7 +3,6 @@ of the run directory, so a finished run re-runs in seconds and a killed one resu
 
 from __future__ import annotations
 
-import contextlib
 import random
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from .config import Example, LoadedTask
 from .curate import curate
+from .method_round import train_round
 from .models import load_model, model_dir, pick_device
 from .runs import Run, digest, file_digest, read_json, read_jsonl, write_json, write_jsonl
 from .synth.expand import inputs_from_generator, inputs_from_teacher
@@ -128,23 +128,6 @@ def hold_out_dev(records: list[dict], size: int, seed: int) -> tuple[list[dict],
     candidates = [i for i, r in enumerate(records) if r["meta"]["source"] != "seed"]
     chosen = set(random.Random(seed).sample(candidates, min(size, len(candidates) // 5)))
     return [records[i] for i in sorted(chosen)], [r for i, r in enumerate(records) if i not in chosen]
-
-
-def train_round(ctx: Context, round_: int, train_file: Path) -> Path:
-    from .train.sft import train_sft
-    cfg = ctx.spec.train
-    key = {"base": ctx.base_id, "data": file_digest(train_file), "train": cfg.model_dump(), "device": ctx.device}
-
-    def build(out: Path) -> None:
-        records = read_jsonl(train_file)
-        ctx.say(f"round {round_}: training on {len(records)} examples ({cfg.adapter}, {ctx.device})")
-        start = time.time()
-        with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for results
-            log = train_sft(ctx.base, records, cfg, out, ctx.device)
-        write_json(out / "timing.json", {"seconds": time.time() - start, "examples": log["examples"]})
-
-    folder, _ = ctx.run.stage(f"train-r{round_}", key, build)
-    return folder
 
 
 def as_examples(records: list[dict]) -> list[Example]:

@@ -104,5 +104,26 @@ class Run:
             build(out)
             write_json(out / "stage.json", {"name": name, "key": key_material})
 
+        if not is_main_process():
+            return follow_main_process(final, build), False
         build_dir_atomic(final, build_and_record)
         return final, False
+
+
+def is_main_process() -> bool:
+    """Under `accelerate launch` or torchrun every process runs protege; rank 0 writes the run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def follow_main_process(final: Path, build: Callable[[Path], None], timeout: float = 3600) -> Path:
+    """Another rank does the same work (a training step needs every rank) into a scratch folder
+    it then drops, and waits for rank 0's folder to appear."""
+    import time
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.rank") as scratch:
+        build(Path(scratch))
+    deadline = time.time() + timeout
+    while not final.is_dir():
+        if time.time() > deadline:
+            raise TimeoutError(f"rank 0 did not finish {final}")
+        time.sleep(0.2)
+    return final

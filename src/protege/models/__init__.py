@@ -48,3 +48,16 @@ def load_model(directory: Path, device: str = "cpu", adapter: Path | None = None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+def save_merged(base: Path, adapter: Path, out: Path) -> Path:
+    """A LoRA adapter merged into its base and saved as a plain model directory (fp32, on CPU):
+    what a later training stage starts from, or what ships."""
+    model, tokenizer = load_model(base, "cpu", adapter)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def is_adapter(directory: Path) -> bool:
+    return (Path(directory) / "adapter_config.json").is_file()

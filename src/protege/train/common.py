@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import ProgressCallback, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from ..config import TrainConfig
 from .adapters import apply_hft, learning_rate
@@ -83,19 +83,22 @@ class Progress(ProgressCallback):
 
     def __init__(self, counter: TokenCounter | None = None):
         super().__init__()
-        self.counter, self.start = counter, None
+        self.counter, self.start, self.loss = counter, None, float("nan")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.time()
         return super().on_train_begin(args, state, control, **kwargs)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.training_bar is None or self.counter is None:
+        if self.training_bar is None:
             return
         elapsed = max(time.time() - self.start, 1e-9)
-        self.training_bar.set_postfix({"loss": f"{(logs or {}).get('loss', float('nan')):.3f}",
-                                       "tok/s": f"{self.counter.tokens / elapsed:.0f}",
-                                       "answer tok/s": f"{self.counter.answer_tokens / elapsed:.0f}"})
+        self.loss = (logs or {}).get("loss", self.loss)
+        shown = {"loss": f"{self.loss:.3f}"}
+        if self.counter is not None:
+            shown["tok/s"] = f"{self.counter.tokens / elapsed:.0f}"
+            shown["answer tok/s"] = f"{self.counter.answer_tokens / elapsed:.0f}"
+        self.training_bar.set_postfix(shown)
 
 
 class StopOnNaN(TrainerCallback):
@@ -110,6 +113,7 @@ class StopOnNaN(TrainerCallback):
 
 def attach_callbacks(trainer, counter: TokenCounter | None = None) -> None:
     trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)  # the logs go to train_log.json and TensorBoard
     trainer.add_callback(StopOnNaN())
     if trainer.is_world_process_zero():
         trainer.add_callback(Progress(counter))

@@ -61,15 +61,16 @@ def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
 
 def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
               stage_seed: int = 0, checkpoints: Path | None = None,
-              wrap_collator: Callable | None = None) -> dict:
+              wrap_collator: Callable | None = None, notes: dict | None = None) -> dict:
     """Train on chat records and save the adapter (or the whole model) into output_dir/model.
-    `wrap_collator(collator, tokenizer)` lets a variant (masked-thought) change each batch."""
+    `wrap_collator(collator, tokenizer)` lets a variant (masked-thought) change each batch;
+    `notes` go into the training log (a variant's name and settings)."""
     from trl import SFTTrainer
 
     if not records:
         raise ValueError("no training data: every example was removed or the teacher answered none")
     checkpoints = checkpoints or output_dir / "checkpoints"
-    model, tokenizer, notes = load_trainable(model_path, cfg, stage_seed)
+    model, tokenizer, loaded = load_trainable(model_path, cfg, stage_seed)
     tensorboard_dir(output_dir)
     trainer = SFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
                          train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
@@ -78,5 +79,5 @@ def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_di
     trainer.data_collator = counter = TokenCounter(collator)
     attach_callbacks(trainer, counter)
     result = fit(trainer, checkpoints)
-    notes |= {"method": "sft", "examples": len(records)}
+    notes = {**loaded, "method": "sft", "examples": len(records), **(notes or {})}
     return save_trained(trainer, tokenizer, output_dir, checkpoints, notes, counter, result)
