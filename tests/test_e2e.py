@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 import sys
 import time
 
@@ -99,3 +100,28 @@ def test_best_round_is_chosen_on_dev_never_on_test():
               {"round": 1, "dev_accuracy": 0.8, "test_accuracy": 0.99},
               {"round": 2, "dev_accuracy": 0.9, "test_accuracy": 0.7}]
     assert best_round(rounds)["round"] == 0
+
+
+METHOD_FAST = [*FAST, "--set", "rounds=1", "--set", "synth.mine_size=8", "--set", "train.report_to=[none]",
+               "--set", "train.grpo_max_completion=4", "--set", "train.dpo_samples=2"]
+
+
+@pytest.mark.parametrize("method, stages, final", [
+    ("masked-thought", {"train-r0"}, "train-r0"),
+    ("cft", {"critique-r0", "train-r0"}, "train-r0"),
+    ("dpo", {"train-r0", "merged-r0", "pairs-r0", "dpo-r0"}, "dpo-r0"),
+    ("grpo", {"train-r0", "merged-r0", "grpo-r0"}, "grpo-r0"),
+    ("distill", {"train-r0"}, "train-r0"),
+])
+def test_run_with_each_training_method(tmp_path, examples_dir, method, stages, final):
+    """The loop trains a round with each method: the stages it needs appear, and the model kept is
+    the one the method trained last."""
+    run_dir = tmp_path / "run"
+    extra = ["--set", "train.distill_teacher=tiny:1"] if method == "distill" else []
+    assert main(["run", str(examples_dir / "arithmetic"), "--run-dir", str(run_dir), *METHOD_FAST,
+                 "--set", f"train.method={method}", *extra]) == 0
+    assert stages <= {name.rsplit("-", 1)[0] for name in stage_names(run_dir)}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    kept = Path(summary["student"]["model"]).parent
+    assert kept.name.rsplit("-", 1)[0] == final
+    assert json.loads((kept / "train_log.json").read_text())["method"] == method
