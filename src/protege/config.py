@@ -92,6 +92,9 @@ class TrainConfig(Strict):
                              "the rest are plain SFT examples (1.0: critiques only).")
     cft_candidates: int = Field(2, ge=1, description="cft: student samples per input to be critiqued, besides "
                                 "the teacher's answer.")
+    rl_learning_rate: float | None = Field(None, gt=0, description="dpo and grpo: peak learning rate; empty: "
+                                           "5e-5 for lora, 1e-6 for hft and full (preference and RL updates "
+                                           "move far at SFT rates).")
     dpo_beta: float = Field(0.1, gt=0, description="dpo: strength of the pull toward the reference model.")
     dpo_samples: int = Field(4, ge=1, description="dpo: student samples per input searched for a wrong answer.")
     distill_teacher: str = Field("", description="distill: the teacher model (a directory or tiny:SEED) whose "
@@ -105,6 +108,8 @@ class TrainConfig(Strict):
     distill_beta: float = Field(0.5, ge=0, le=1, description="distill gkd: interpolation of the generalized JSD.")
     grpo_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt.")
     grpo_max_completion: int = Field(96, ge=1, description="grpo: longest completion sampled.")
+    grpo_max_steps: int = Field(50, description="grpo: optimizer steps of the grpo stage (-1: train.epochs); "
+                                "each step samples batch_size x grpo_generations completions.")
     grpo_beta: float = Field(0.0, ge=0, description="grpo: KL penalty to the reference (0: none, as in DAPO).")
     save_steps: int = Field(50, gt=0, description="Checkpoint every this many steps; a killed run resumes "
                             "from the last one.")

@@ -66,8 +66,13 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
 
 
 def method_config(ctx, method: str):
-    """The train config with paths resolved against the task directory."""
+    """The train config of one method's stage: dpo's and grpo's own learning rate, grpo's step count, paths resolved against the
+    task directory."""
     cfg = ctx.spec.train
+    if method in ("dpo", "grpo"):
+        rate = cfg.rl_learning_rate or (5e-5 if cfg.adapter == "lora" else 1e-6)
+        steps = cfg.grpo_max_steps if method == "grpo" else cfg.max_steps
+        return cfg.model_copy(update={"learning_rate": rate, "max_steps": steps})
     if method == "distill" and cfg.distill_teacher:
         return cfg.model_copy(update={"distill_teacher": str(model_dir(cfg.distill_teacher, ctx.task.directory))})
     return cfg
