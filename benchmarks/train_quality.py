@@ -32,11 +32,13 @@ CONFIGS = {
 def run_config(task: str, runs: Path, name: str, extra: list[str]) -> dict:
     sets = [arg for pair in CONFIGS[name] + ["rounds=1"] + extra for arg in ("--set", pair)]
     start = time.time()
-    done = subprocess.run([sys.executable, "-m", "protege.cli", "run", task, "--run-dir", str(runs / name), *sets],
+    # one run directory for all: the data, the base and teacher scores and the sft stage that dpo
+    # and grpo start from are computed once and shared, as stages keyed by their inputs
+    done = subprocess.run([sys.executable, "-m", "protege.cli", "run", task, "--run-dir", str(runs), *sets],
                           stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         return {"name": name, "error": f"exit {done.returncode}"}
-    summary = json.loads((runs / name / "summary.json").read_text())
+    summary = json.loads((runs / "summary.json").read_text())
     best = summary["rounds"][0]
     return {"name": name, "test": best["test_accuracy"], "dev": best["dev_accuracy"], "n": summary["test_items"],
             "base": summary["base"]["accuracy"], "teacher": summary["teacher"]["accuracy"],
@@ -61,7 +63,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", help="task directory or YAML, e.g. examples/arithmetic")
-    parser.add_argument("--runs", default="runs/quality", help="folder of the run directories")
+    parser.add_argument("--runs", default="runs/quality", help="the run directory all configurations share")
     parser.add_argument("--only", default=",".join(CONFIGS), help="comma-separated configurations")
     parser.add_argument("--set", action="append", default=[], help="extra task override for every run")
     args = parser.parse_args()

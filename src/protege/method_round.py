@@ -43,7 +43,10 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
     into it, so every round's model/ loads with the base alone."""
     from .train import train_method
     cfg = ctx.spec.train
-    key = {"start": start[1], "data": file_digest(data_file), "method": method, "train": cfg.model_dump(),
+    # keyed by the method this stage trains, so the sft stage that dpo and grpo start from is the
+    # very stage a plain sft run trains, and is reused between them
+    key = {"start": start[1], "data": file_digest(data_file), "method": method,
+           "train": cfg.model_copy(update={"method": method}).model_dump(),
            "device": ctx.device, "sft": file_digest(sft_file) if sft_file else None}
     checkpoints = ctx.run.root / "checkpoints" / f"{name}-{digest(key)}"
 
