@@ -103,7 +103,8 @@ def test_best_round_is_chosen_on_dev_never_on_test():
 
 
 METHOD_FAST = [*FAST, "--set", "rounds=1", "--set", "synth.mine_size=8", "--set", "train.report_to=[none]",
-               "--set", "train.grpo_max_completion=4", "--set", "train.dpo_samples=2"]
+               "--set", "train.grpo_max_completion=4", "--set", "train.grpo_max_steps=2",
+               "--set", "train.dpo_samples=2"]
 
 
 @pytest.mark.parametrize("method, stages, final", [

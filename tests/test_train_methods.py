@@ -21,7 +21,7 @@ from protege.runs import write_jsonl
 from protege.synth.records import sft_record
 from protege.train import train_method
 from protege.train.adapters import group_name, hft_selection
-from protege.train.common import TrainingDiverged
+from protege.train.common import TrainingDiverged, last_complete_checkpoint
 from protege.train.masked_thought import mask_answer_tokens
 from protege.train.sft import tokenize_chat
 
@@ -113,6 +113,16 @@ def test_rslora_scales_by_the_square_root_of_the_rank(tmp_path):
     train_method("sft", TINY, records(), quiet(max_steps=1, batch_size=4, rslora=True, lora_r=4), tmp_path)
     config = json.loads((tmp_path / "model" / "adapter_config.json").read_text())
     assert config["use_rslora"] is True and config["r"] == 4
+
+
+def test_resume_skips_a_checkpoint_killed_mid_save(tmp_path):
+    for step, state in ((10, '{"global_step": 10}'), (20, '{"global_st'), (30, None)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
+    assert last_complete_checkpoint(tmp_path / "none") is None
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path):

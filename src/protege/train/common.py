@@ -134,11 +134,23 @@ def attach_callbacks(trainer, counter: TokenCounter | None = None) -> None:
         trainer.add_callback(Progress(counter))
 
 
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint-N that was written to the end. The Trainer writes trainer_state.json
+    after the weights, optimizer and RNG states, so a run killed mid-save leaves a folder without
+    a readable one; that folder is skipped, not resumed from."""
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in found:
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(folder)
+    return None
+
+
 def fit(trainer, checkpoints: Path):
-    """Train, resuming from the newest checkpoint a killed run left in `checkpoints`."""
-    from transformers.trainer_utils import get_last_checkpoint
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    return trainer.train(resume_from_checkpoint=last)
+    """Train, resuming from the newest complete checkpoint a killed run left in `checkpoints`."""
+    return trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoints))
 
 
 def tensorboard_dir(output_dir: Path) -> None:
