@@ -69,8 +69,8 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
 
 
 def method_config(ctx, method: str):
-    """The train config of one method's stage: dpo's and grpo's own learning rate, grpo's step count, paths resolved against the
-    task directory."""
+    """The train config of one method's stage: dpo's and grpo's own learning rate, grpo's step
+    count, paths resolved against the task directory."""
     cfg = ctx.spec.train
     if method in ("dpo", "grpo"):
         rate = cfg.rl_learning_rate or (5e-5 if cfg.adapter == "lora" else 1e-6)
@@ -139,7 +139,7 @@ def pairs_stage(ctx, round_: int, start: tuple[Path, str], train_file: Path) -> 
 def critique_stage(ctx, round_: int, train_file: Path) -> Path:
     """The teacher critiques the student's own samples and the reference answers (CFT data)."""
     from .pipeline import _stage_requests, _teacher_stage
-    from .synth.critique import critique_records, critique_requests
+    from .synth.critique import critique_candidates
     spec = ctx.spec
     key = {"teacher": ctx.teacher.backend.identity(), "data": file_digest(train_file), "base": ctx.base_id,
            "k": spec.train.cft_candidates, "mine": spec.synth.mine_size, "eval": spec.eval.model_dump()}
@@ -148,13 +148,12 @@ def critique_stage(ctx, round_: int, train_file: Path) -> Path:
         items = sample_items(ctx, train_file, round_)
         items = items[:ctx.left // (spec.train.cft_candidates + 1)]
         samples = student_samples(ctx, ctx.base, items, spec.train.cft_candidates, round_)
-        candidates = [[c for c in dict.fromkeys([*s, ref]) if c.strip()] for s, (_, ref) in zip(samples, items)]
-        requests = critique_requests(spec.instruction, items, candidates)
-        replies = ctx.teacher.complete(requests)
-        result = critique_records(spec.instruction, items, candidates, replies)
-        records = result[0] if isinstance(result, tuple) else result
-        ctx.say(f"round {round_}: {len(records)} critiques from {len(requests)} requests")
-        write_jsonl(out / "critiques.jsonl", records)
+        # critique_requests skips empty and repeated candidates itself
+        candidates = [[*s, ref] for s, (_, ref) in zip(samples, items)]
+        result = critique_candidates(ctx.teacher, spec.instruction, items, candidates)
+        ctx.say(f"round {round_}: {len(result.records)} critiques ({result.malformed} without a verdict "
+                f"and {result.unanswered} unanswered were dropped)")
+        write_jsonl(out / "critiques.jsonl", result.records)
 
     folder = _teacher_stage(ctx, f"critique-r{round_}", key, build)
     ctx.spent += _stage_requests(folder)["requests"]

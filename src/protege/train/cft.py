@@ -4,7 +4,6 @@ SFT examples. The training itself is SFT on the mixed chat records."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -38,14 +37,8 @@ def train_cft(model_path: Path, critiques: list[dict], sft_records: list[dict], 
     if not critiques:
         raise ValueError("no critique data: the teacher wrote no critique that ended with a verdict")
     mix = cft_mix(critiques, sft_records, cfg.cft_ratio, seed=cfg.seed * 1_000_003 + stage_seed)
-    log = train_sft(model_path, mix, cfg, Path(output_dir), device, stage_seed, checkpoints)
     cft = {"ratio": cfg.cft_ratio, "critiques": len(critiques), "sft": len(mix) - len(critiques),
            "verdicts": {"correct": sum(1 for r in critiques if r.get("verdict") is True),
                         "incorrect": sum(1 for r in critiques if r.get("verdict") is False)}}
-    log |= {"method": "cft", "cft": cft}
-    path = Path(output_dir) / "train_log.json"
-    if path.is_file():  # written by the main process only
-        saved = json.loads(path.read_text())
-        saved |= {"method": "cft", "cft": cft}
-        path.write_text(json.dumps(saved, indent=2, default=str))
-    return log
+    return train_sft(model_path, mix, cfg, Path(output_dir), device, stage_seed, checkpoints,
+                     notes={"method": "cft", "cft": cft})

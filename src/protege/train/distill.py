@@ -22,7 +22,6 @@ beta KL(teacher || M) + (1 - beta) KL(student || M) with M = beta teacher + (1 -
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -95,13 +94,8 @@ def sequence_level(model_path: Path, records: list[dict], cfg: TrainConfig, outp
                    stage_seed: int, checkpoints: Path | None) -> dict:
     """No teacher model: the records already hold the teacher's answers, and learning them is SFT
     (Kim & Rush, 2016); the log says so."""
-    log = train_sft(model_path, records, cfg, output_dir, device, stage_seed, checkpoints)
-    log["method"] = "distill-sequence"
-    path = output_dir / "train_log.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        path.write_text(json.dumps(saved | {"method": "distill-sequence"}, indent=2, default=str))
-    return log
+    return train_sft(model_path, records, cfg, output_dir, device, stage_seed, checkpoints,
+                     notes={"method": "distill-sequence"})
 
 
 def train_distill(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",

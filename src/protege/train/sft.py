@@ -33,8 +33,9 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict:
         if message["role"] != "assistant":
             continue
         start = len(render(tokenizer, messages[:i], True))
-        end = len(render(tokenizer, messages[:i + 1], False))
-        if input_ids[:end] != render(tokenizer, messages[:i + 1], False):
+        through_turn = render(tokenizer, messages[:i + 1], False)
+        end = len(through_turn)
+        if input_ids[:end] != through_turn:
             raise ValueError("the chat template renders a turn differently inside a longer chat; "
                              "it cannot be split into turns for the loss")
         labels[start:end] = input_ids[start:end]
