@@ -181,3 +181,15 @@ def test_two_processes_train_together_on_cpu(tmp_path):
     # 2 steps of 4 examples on each of 2 ranks: 16 examples, one epoch
     assert log["metrics"]["epoch"] == pytest.approx(1.0)
     assert len(list((tmp_path / "run").glob("stages/train-r0-*"))) == 1
+
+
+def test_data_of_the_wrong_shape_fails_with_file_and_line_and_writes_no_stage(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    write_jsonl(data, records(2))
+    done = subprocess.run([sys.executable, *_train_command(tmp_path / "run", data, "--method", "dpo")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {data}:1: dpo trains on a preference pair {{prompt, chosen, rejected}}; this row has no "
+        "prompt, chosen, rejected")
+    assert not list((tmp_path / "run").glob("stages/train-*")) and not list((tmp_path / "run").glob("stages/.*"))

@@ -41,7 +41,7 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
                 sft_file: Path | None = None) -> Path:
     """One training run as a stage; a LoRA trained on top of a model other than the base is merged
     into it, so every round's model/ loads with the base alone."""
-    from .train import train_method
+    from .train import check_rows, train_method
     cfg = ctx.spec.train
     # keyed by the method this stage trains, so the sft stage that dpo and grpo start from is the
     # very stage a plain sft run trains, and is reused between them
@@ -52,6 +52,7 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
 
     def build(out: Path) -> None:
         data = read_jsonl(data_file)
+        check_rows(data, method, data_file)
         ctx.say(f"round {round_}: {method} on {len(data)} examples ({cfg.adapter}, {ctx.device})")
         begin = time.time()
         with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for results

@@ -10,6 +10,17 @@ from typing import Callable
 from ..config import TrainConfig
 
 
+def check_rows(rows: list[dict], method: str, source: Path) -> None:
+    """Fail on the first row that is not what `method` learns from, naming the file and line,
+    before any model loads."""
+    needed = ("prompt", "chosen", "rejected") if method == "dpo" else ("messages",)
+    for line, row in enumerate(rows, 1):
+        missing = [key for key in needed if not isinstance(row, dict) or key not in row]
+        if missing:
+            kind = "a preference pair {prompt, chosen, rejected}" if method == "dpo" else "a chat record {messages}"
+            raise ValueError(f"{source}:{line}: {method} trains on {kind}; this row has no {', '.join(missing)}")
+
+
 def train_method(method: str, model_path: Path, data: list[dict], cfg: TrainConfig, output_dir: Path,
                  device: str = "cpu", stage_seed: int = 0, checkpoints: Path | None = None,
                  reward: Callable[[str, str, str], float] | None = None,
