@@ -1,12 +1,49 @@
-"""Task metrics, selectable by name in the task YAML."""
+"""Task metrics, selectable by name in the task YAML: one file per metric, each registered here.
 
-from .exact import exact_match
-from .numeric import numeric_match
+Every metric is `fn(prediction, reference, cfg: MetricConfig, tests="") -> (score in [0, 1], details)`,
+where details is a JSON-serializable dict. A bad prediction (empty, huge, not UTF-8, not JSON) scores
+0 with a detail saying why; it never raises.
+"""
 
-METRICS = {"exact": exact_match, "numeric": numeric_match}
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from ...config import MetricConfig
+
+Metric = Callable[[str, str, MetricConfig, str], tuple[float, dict]]
+METRICS: dict[str, Metric] = {}
+
+# Lone surrogates are what a decoder leaves for bytes that were not UTF-8; no UTF-8 file can hold them
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def score(metric: str, prediction: str, reference: str, tolerance: float = 1e-6) -> tuple[float, dict]:
-    if metric == "numeric":
-        return numeric_match(prediction, reference, tolerance)
-    return METRICS[metric](prediction, reference)
+def register(name: str) -> Callable[[Metric], Metric]:
+    def add(fn: Metric) -> Metric:
+        METRICS[name] = fn
+        return fn
+    return add
+
+
+def as_metric(metric: MetricConfig | str) -> MetricConfig:
+    return MetricConfig(name=metric) if isinstance(metric, str) else metric
+
+
+def clean_text(text) -> str:
+    """The text as a str that can be written as UTF-8 (None is empty)."""
+    return SURROGATE.sub("\ufffd", "" if text is None else str(text))
+
+
+def clip(text: str, limit: int = 1000) -> str:
+    """Keeps details small when a prediction is huge; the record holds the whole prediction."""
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def score(metric: MetricConfig | str, prediction: str, reference: str, tests: str = "") -> tuple[float, dict]:
+    cfg = as_metric(metric)
+    return METRICS[cfg.name](clean_text(prediction), clean_text(reference), cfg, clean_text(tests))
+
+
+# imported last: each module registers itself with the decorator above
+from . import code_exec, exact, json_match, numeric, regex, rouge  # noqa: E402,F401

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 import re
 
+from ...config import MetricConfig
+from . import register
+
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
@@ -13,12 +16,16 @@ def last_number(text: str) -> float | None:
     if not found:
         return None
     try:
-        return float(found[-1].replace(",", ""))
+        value = float(found[-1].replace(",", ""))
     except ValueError:
         return None
+    # a run of a thousand digits overflows to inf: that is no answer, and JSON cannot hold it
+    return value if math.isfinite(value) else None
 
 
-def numeric_match(prediction: str, reference: str, tolerance: float = 1e-6) -> tuple[float, dict]:
+@register("numeric")
+def numeric_match(prediction: str, reference: str, cfg: MetricConfig, tests: str = "") -> tuple[float, dict]:
     p, r = last_number(prediction), last_number(reference)
-    ok = p is not None and r is not None and math.isclose(p, r, abs_tol=tolerance, rel_tol=0.0)
+    ok = p is not None and r is not None and math.isclose(p, r, abs_tol=cfg.tolerance,
+                                                          rel_tol=cfg.relative_tolerance)
     return float(ok), {"predicted_number": p, "reference_number": r}
