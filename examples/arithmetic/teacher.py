@@ -181,7 +181,41 @@ def teacher(request) -> str:
         return write_input(getattr(request, "examples", ()), getattr(request, "sample", 0))
     if purpose == "critique":
         return critique(getattr(request, "input", ""), getattr(request, "candidate", ""))
+    if purpose == "judge-pointwise":
+        return judge_score(request.input, request.candidate)
+    if purpose == "judge-pairwise":
+        return judge_pair(request.input, request.candidate, request.answer_b)
     return ""
+
+
+def _quality(input: str, candidate: str) -> int:
+    """0 wrong result, 1 right result with a wrong step or no steps, 2 right and every step right."""
+    if not verify(input, candidate):
+        return 0
+    steps = STEP.findall(candidate)
+    return 2 if steps and all(step_value(x, op, y) == float(z) for x, op, y, z in steps) else 1
+
+
+def step_value(x: str, op: str, y: str) -> int | None:
+    """What "x op y" really is; None for a division that does not come out whole."""
+    x, y = int(x), int(y)
+    return None if op == "/" and (y == 0 or x % y) else OPERATIONS[op](x, y)
+
+
+GRADES = [("The final answer is wrong.", 2), ("The answer is right; the steps are missing or wrong.", 7),
+          ("The answer and every step are right.", 10)]
+
+
+def judge_score(input: str, candidate: str) -> str:
+    """A judge's grade: the final number decides most of it, the worked steps the rest."""
+    reason, score = GRADES[_quality(input, candidate)]
+    return f"{reason}\nScore: {score}"
+
+
+def judge_pair(input: str, a: str, b: str) -> str:
+    qa, qb = _quality(input, a), _quality(input, b)
+    winner = "A" if qa > qb else "B" if qb > qa else "tie"
+    return f"Answer A is graded {qa}/2 and answer B {qb}/2.\nWinner: {winner}"
 
 
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -209,8 +243,7 @@ def critique(input: str, candidate: str) -> str:
     candidate = candidate if isinstance(candidate, str) else ""
     lines = []
     for x, op, y, z in STEP.findall(candidate):
-        x, y = int(x), int(y)
-        true = None if op == "/" and (y == 0 or x % y) else OPERATIONS[op](x, y)
+        true = step_value(x, op, y)
         if true is not None and abs(float(z) - true) < 1e-6:
             lines.append(f"The step {x} {op} {y} = {z} is right.")
         else:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol
 
-Purpose = Literal["answer", "write_input", "critique"]
+Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise"]
 
 WRITE_INPUT_PROMPT = (
     "You write new inputs for this task: {instruction}\n\n"
@@ -24,6 +24,21 @@ CRITIQUE_SYSTEM = (
 CRITIQUE_REFERENCE = "Reference answer (known to be correct):\n{reference}\n\n"
 CRITIQUE_USER = "Problem:\n{input}\n\n{reference}Candidate solution:\n{candidate}"
 
+JUDGE_RUBRIC = "What matters: {rubric}\n\n"
+JUDGE_POINTWISE_SYSTEM = (
+    "You grade answers to this task: {instruction}\n\n{rubric}"
+    "Say briefly what is right and what is wrong in the answer. End your reply with a last line that is "
+    "exactly \"Score: N\", where N is a whole number from 1 (useless) to 10 (perfect), nothing after it."
+)
+JUDGE_POINTWISE_USER = "Problem:\n{input}\n\n{reference}Answer to grade:\n{candidate}"
+JUDGE_PAIRWISE_SYSTEM = (
+    "You compare two answers to this task: {instruction}\n\n{rubric}"
+    "The order in which the answers are shown says nothing about which is better. Say briefly how they "
+    "differ. End your reply with a last line that is exactly \"Winner: A\", \"Winner: B\" or "
+    "\"Winner: tie\", nothing after it."
+)
+JUDGE_PAIRWISE_USER = "Problem:\n{input}\n\n{reference}Answer A:\n{candidate}\n\nAnswer B:\n{answer_b}"
+
 
 @dataclass(frozen=True)
 class TeacherRequest:
@@ -36,21 +51,32 @@ class TeacherRequest:
     examples: tuple[str, ...] = ()  # inputs to imitate (purpose=write_input)
     sample: int = 0  # distinguishes repeated requests for different outputs
     temperature: float = 0.0
-    candidate: str = ""  # the solution to check (purpose=critique)
-    reference: str = ""  # the known answer, shown to the critic when non-empty (purpose=critique)
+    candidate: str = ""  # the solution to check (critique), to grade (judge-pointwise), answer A (pairwise)
+    reference: str = ""  # the known answer, shown when non-empty (purposes critique and judge-*)
+    answer_b: str = ""  # the second answer compared (judge-pairwise, where candidate is answer A)
+    rubric: str = ""  # what the judge weighs (judge-*); empty: no rubric shown
 
     def chat(self) -> list[dict]:
         if self.purpose == "answer":
             return [{"role": "system", "content": self.instruction},
                     {"role": "user", "content": self.input}]
         if self.purpose == "critique":
-            reference = CRITIQUE_REFERENCE.format(reference=self.reference) if self.reference else ""
-            return [{"role": "system", "content": CRITIQUE_SYSTEM.format(instruction=self.instruction)},
-                    {"role": "user", "content": CRITIQUE_USER.format(input=self.input, reference=reference,
-                                                                     candidate=self.candidate)}]
+            return self._graded(CRITIQUE_SYSTEM, CRITIQUE_USER)
+        if self.purpose == "judge-pointwise":
+            return self._graded(JUDGE_POINTWISE_SYSTEM, JUDGE_POINTWISE_USER)
+        if self.purpose == "judge-pairwise":
+            return self._graded(JUDGE_PAIRWISE_SYSTEM, JUDGE_PAIRWISE_USER)
         listing = "\n".join(f"- {e}" for e in self.examples)
         prompt = WRITE_INPUT_PROMPT.format(instruction=self.instruction, examples=listing)
         return [{"role": "user", "content": prompt}]
+
+    def _graded(self, system: str, user: str) -> list[dict]:
+        """A critic's or judge's chat: the reference and the rubric appear only when given."""
+        reference = CRITIQUE_REFERENCE.format(reference=self.reference) if self.reference else ""
+        rubric = JUDGE_RUBRIC.format(rubric=self.rubric) if self.rubric else ""
+        return [{"role": "system", "content": system.format(instruction=self.instruction, rubric=rubric)},
+                {"role": "user", "content": user.format(input=self.input, reference=reference,
+                                                        candidate=self.candidate, answer_b=self.answer_b)}]
 
     def cache_payload(self) -> dict:
         return {"messages": self.chat(), "temperature": self.temperature, "sample": self.sample}
