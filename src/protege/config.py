@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -20,6 +20,8 @@ class Strict(BaseModel):
 class Example(Strict):
     input: str = Field("", description="What the student is given.")
     output: str = Field("", description="The reference answer.")
+    tests: str = Field("", description="code metric: Python run after the answer's code; the answer passes "
+                       "when it exits 0. Empty: the reference answer is run as the test.")
 
 
 class TeacherConfig(Strict):
@@ -119,11 +121,61 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when one is there.")
 
 
+MetricName = Literal["exact", "numeric", "json", "regex", "rouge-l", "code"]
+
+
+class MetricConfig(Strict):
+    name: MetricName = Field("exact", description="exact: normalized string match; numeric: the last number; "
+                             "json: field match of JSON objects; regex: the answer matches a pattern; rouge-l: "
+                             "ROUGE-L F1 against the reference; code: the answer's code passes the item's tests.")
+    ignore_case: bool = Field(True, description="exact: compare case-insensitively.")
+    ignore_punctuation: bool = Field(False, description="exact: drop punctuation before comparing.")
+    ignore_articles: bool = Field(False, description="exact: drop the articles a, an, the (SQuAD style).")
+    tolerance: float = Field(1e-6, ge=0, description="numeric: absolute tolerance.")
+    relative_tolerance: float = Field(0.0, ge=0, description="numeric: relative tolerance (either one passes).")
+    fields: list[str] = Field(default_factory=list, description="json: the fields compared (empty: every "
+                              "field of the reference); the item scores the share of fields that match.")
+    all_fields: bool = Field(False, description="json: score 1 only when every field matches (else the share).")
+    pattern: str = Field("", description="regex: the pattern the answer must match (re.search); {reference} "
+                         "in it is replaced by the escaped reference. Empty: the reference is the pattern.")
+    timeout: float = Field(5.0, gt=0, description="code: seconds one program may run.")
+    memory_mb: int = Field(512, gt=0, description="code: address-space limit of one program, in MiB.")
+    k: list[int] = Field(default_factory=lambda: [1], description="Report pass@k for these k "
+                         "(needs eval.samples >= k).")
+
+
 class EvalConfig(Strict):
     batch_size: int = Field(32, gt=0, description="Prompts generated together.")
     max_new_tokens: int = Field(32, gt=0, description="Longest answer generated.")
     dev_size: int = Field(40, ge=0, description="Teacher-labeled items held out to decide when to stop.")
-    tolerance: float = Field(1e-6, ge=0, description="Absolute tolerance of the numeric metric.")
+    samples: int = Field(1, ge=1, description="Answers sampled per test item (pass@k needs k of them); "
+                         "1: one greedy answer.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature when samples > 1.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Level of the bootstrap confidence intervals.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples per interval.")
+
+
+class JudgeConfig(Strict):
+    mode: Literal["none", "pointwise", "pairwise", "both"] = Field(
+        "none", description="none; pointwise: the judge scores each answer 1-10 with the rubric; pairwise: "
+        "student against teacher, asked in both orders, a win counted only when both orders agree; both.")
+    teacher: TeacherConfig | None = Field(None, description="Who judges; empty: the task's teacher.")
+    rubric: str = Field("Correctness first, then completeness, then clarity and format as the task asks.",
+                        description="What the judge weighs (pointwise and pairwise).")
+    items: int = Field(0, ge=0, description="Test items judged (0: all).")
+
+
+class ForgettingConfig(Strict):
+    enabled: bool = Field(True, description="Run the general-ability probe and perplexity on the base and on "
+                          "every round's student.")
+    probe_items: int = Field(0, ge=0, description="Probe items used, a fixed seeded sample (0: all).")
+    categories: list[str] = Field(default_factory=list, description="Probe categories used (empty: all): "
+                                  "instruction, knowledge, arithmetic, format.")
+    perplexity: bool = Field(True, description="Also measure perplexity on the held-out general text.")
+    max_new_tokens: int = Field(48, gt=0, description="Longest probe answer generated.")
+    limit: float | None = Field(None, ge=0, le=1, description="Most probe accuracy the student may lose "
+                                "against its base (0.05 = 5 points); rounds over it are never kept and "
+                                "stop the loop. Empty: no limit.")
 
 
 class BudgetConfig(Strict):
@@ -139,16 +191,24 @@ class TaskSpec(Strict):
                                     description="Unlabeled inputs, inline or a JSONL file of {input}.")
     test: list[Example] | str = Field(default_factory=list,
                                       description="Held-out test set, inline or a JSONL file of {input, output}.")
-    metric: Literal["exact", "numeric"] = Field("exact", description="exact: normalized string match; "
-                                                "numeric: the last number in the answer.")
+    metric: MetricConfig = Field(default_factory=MetricConfig, description="How answers are scored: a name "
+                                 "(exact, numeric, json, regex, rouge-l, code) or a mapping with its options.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Who writes the data.")
     student: StudentConfig = Field(default_factory=StudentConfig, description="The model to train.")
     synth: SynthConfig = Field(default_factory=SynthConfig, description="How data is synthesized.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="How data is cleaned.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training options.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation options.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge scoring.")
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig,
+                                         description="What the student loses of general ability.")
     rounds: int = Field(2, ge=1, description="Most train/evaluate/augment rounds.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Teacher budget.")
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_by_name(cls, value):
+        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _needs_a_test_set(self) -> "TaskSpec":
