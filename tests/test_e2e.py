@@ -14,7 +14,8 @@ from protege.runs import read_jsonl
 from protege.teachers.function import load_callable
 
 FAST = ["--set", "student.model=tiny:0", "--set", "train.max_steps=3", "--set", "eval.max_new_tokens=4",
-        "--set", "synth.expand=20", "--set", "synth.max_failures=10"]
+        "--set", "synth.expand=20", "--set", "synth.max_failures=10", "--set", "forgetting.probe_items=40",
+        "--set", "forgetting.max_new_tokens=8"]
 
 
 def stage_names(run_dir):
@@ -75,8 +76,10 @@ def test_stage_commands(tmp_path, examples_dir, capsys):
     assert len(read_jsonl(paths["train"])) == 8 + 300 + 20 - 40  # seeds + labeled + expanded - dev
     assert main(["train", task, "--run-dir", run_dir, *FAST]) == 0
     model = json.loads(capsys.readouterr().out)["model"]
-    assert main(["eval", task, "--run-dir", run_dir, "--model", model, *FAST]) == 0
-    assert json.loads(capsys.readouterr().out)["n"] == 150
+    assert main(["eval", task, "--run-dir", run_dir, "--model", model, *FAST, "--forgetting"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"]["n"] == 150 and len(result["task"]["ci"]) == 2
+    assert result["forgetting"]["negative_flips"] >= 0 and result["forgetting"]["perplexity_ratio"] > 0
 
 
 def test_missing_model_is_one_line_exit_1(tmp_path, examples_dir, capsys):
@@ -100,6 +103,44 @@ def test_best_round_is_chosen_on_dev_never_on_test():
               {"round": 1, "dev_accuracy": 0.8, "test_accuracy": 0.99},
               {"round": 2, "dev_accuracy": 0.9, "test_accuracy": 0.7}]
     assert best_round(rounds)["round"] == 0
+
+
+def test_best_round_respects_the_forgetting_limit():
+    from protege.pipeline import best_round
+    rounds = [{"round": 0, "dev_accuracy": 0.7, "over_forgetting_limit": False, "forgetting": {"probe_change": -0.01}},
+              {"round": 1, "dev_accuracy": 0.9, "over_forgetting_limit": True, "forgetting": {"probe_change": -0.2}}]
+    assert best_round(rounds)["round"] == 0
+    rounds[0].update(over_forgetting_limit=True, forgetting={"probe_change": -0.1})
+    assert best_round(rounds)["round"] == 0  # none inside: the one that forgot least
+
+
+def test_a_round_over_the_forgetting_limit_stops_the_loop():
+    from types import SimpleNamespace
+    from protege.config import TaskSpec
+    from protege.pipeline import _stop_reason
+    spec = TaskSpec(test=[{"input": "a", "output": "b"}], rounds=3, forgetting={"limit": 0.05})
+    ctx = SimpleNamespace(spec=spec, left=1000)
+    assert _stop_reason(ctx, [{"over_forgetting_limit": False, "dev_accuracy": 0.5}]) is None
+    assert "forgetting limit" in _stop_reason(ctx, [{"over_forgetting_limit": True, "dev_accuracy": 0.5}])
+
+
+def test_run_measures_forgetting_and_writes_the_report(tmp_path, examples_dir, capsys):
+    """Every run probes the base and each round's student; the summary carries intervals, the paired
+    comparisons and forgetting; summary.md and report.html show them."""
+    run_dir = tmp_path / "run"
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *FAST, "--set", "rounds=1",
+                 "--set", "forgetting.limit=0.5"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lost = summary["rounds"][0]["forgetting"]
+    assert lost["probe_base"] == summary["forgetting_base"]["probe_accuracy"]
+    assert lost["probe_change"] == pytest.approx(lost["probe_student"] - lost["probe_base"])
+    assert summary["rounds"][0]["over_forgetting_limit"] == (lost["probe_change"] < -0.5)
+    assert 0 <= summary["base"]["ci"][0] <= summary["base"]["accuracy"] <= summary["base"]["ci"][1] <= 1
+    assert set(summary["vs_teacher"]) >= {"diff", "low", "high", "significant"}
+    assert summary["vs_teacher"]["diff"] == pytest.approx(summary["student"]["accuracy"] - 1.0)
+    table = (run_dir / "summary.md").read_text()
+    assert "negative flips" in table and "Student minus teacher" in table
+    assert (run_dir / "report.html").stat().st_size > 1000
 
 
 METHOD_FAST = [*FAST, "--set", "rounds=1", "--set", "synth.mine_size=8", "--set", "train.report_to=[none]",
@@ -126,3 +167,15 @@ def test_run_with_each_training_method(tmp_path, examples_dir, method, stages, f
     kept = Path(summary["student"]["model"]).parent
     assert kept.name.rsplit("-", 1)[0] == final
     assert json.loads((kept / "train_log.json").read_text())["method"] == method
+
+
+def test_eval_with_the_judge_through_the_task_teacher(tmp_path, examples_dir, capsys):
+    """arithmetic's offline teacher also judges: the untrained tiny student's answers score 2, the
+    teacher's 10, and the teacher wins every pair in both orders (no position disagreement)."""
+    args = ["eval", str(examples_dir / "arithmetic"), "--run-dir", str(tmp_path / "run"), *FAST,
+            "--judge", "both", "--set", "judge.items=12"]
+    assert main(args) == 0
+    judged = json.loads(capsys.readouterr().out)["judge"]
+    assert judged["pointwise"]["student"]["mean_score"] == 2 and judged["pointwise"]["teacher"]["mean_score"] == 10
+    pairwise = judged["pairwise"]
+    assert pairwise["wins"] == {"student": 0, "teacher": 12} and pairwise["position_disagreement_rate"] == 0

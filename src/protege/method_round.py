@@ -87,7 +87,7 @@ def task_reward(ctx):
     spec = ctx.spec
 
     def reward(input_: str, completion: str, reference: str) -> float:
-        return score(spec.metric, completion, reference, spec.eval.tolerance)[0]
+        return score(spec.metric, completion, reference)[0]
     return reward
 
 
@@ -123,7 +123,7 @@ def pairs_stage(ctx, round_: int, start: tuple[Path, str], train_file: Path) -> 
     from .synth.preference_pairs import preference_pairs
     spec = ctx.spec
     key = {"start": start[1], "data": file_digest(train_file), "k": spec.train.dpo_samples,
-           "mine": spec.synth.mine_size, "metric": spec.metric, "eval": spec.eval.model_dump()}
+           "mine": spec.synth.mine_size, "metric": spec.metric.model_dump(), "eval": spec.eval.model_dump()}
 
     def build(out: Path) -> None:
         items = sample_items(ctx, train_file, round_)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import Example, LoadedTask
 from .curate import curate
+from .eval_stages import eval_stage, eval_teacher, forgetting_of, judge_stage, probe_stage, versus
 from .method_round import train_round
 from .models import load_model, model_dir, pick_device
 from .runs import Run, digest, file_digest, read_json, read_jsonl, write_json, write_jsonl
@@ -37,6 +38,7 @@ class Context:
     teacher: CachedTeacher | None = None
     spent: int = 0  # teacher requests charged to the synthesis budget so far
     loaded: tuple | None = None  # (adapter, model, tokenizer) of the last evaluation
+    base_probe: dict | None = None  # the base's probe summary, when forgetting is measured
 
     @property
     def spec(self):
@@ -47,14 +49,16 @@ class Context:
         return max(0, self.spec.budget.requests - self.spent)
 
 
-def _teacher_stage(ctx: Context, name: str, key, build) -> Path:
-    """A stage that asks the teacher: it records the requests it made, which the budget charges."""
+def _teacher_stage(ctx: Context, name: str, key, build, teacher=None) -> Path:
+    """A stage that asks the teacher (or another one, e.g. a judge): it records the requests it
+    made, which the budget charges when they went to the synthesis teacher."""
     start = time.time()
-    before = (ctx.teacher.stats.requests, ctx.teacher.stats.paid, ctx.teacher.stats.failed)
+    teacher = teacher or ctx.teacher
+    before = (teacher.stats.requests, teacher.stats.paid, teacher.stats.failed)
 
     def wrapped(out: Path) -> None:
         build(out)
-        s = ctx.teacher.stats
+        s = teacher.stats
         write_json(out / "teacher.json", {"requests": s.requests - before[0], "paid": s.paid - before[1],
                                           "failed": s.failed - before[2], "seconds": time.time() - start})
 
@@ -142,46 +146,6 @@ def loaded_student(ctx: Context, adapter: Path | None) -> tuple:
     return ctx.loaded[1:]
 
 
-def eval_stage(ctx: Context, name: str, adapter: Path | None, items: list[Example], key_extra) -> dict:
-    """Evaluate the base (adapter None) or a trained student on items; returns the summary."""
-    from .evaluate.task_eval import evaluate_model
-    spec = ctx.spec
-    key = {"model": key_extra, "items": [i.model_dump() for i in items], "metric": spec.metric,
-           "eval": spec.eval.model_dump(), "instruction": spec.instruction}
-
-    def build(out: Path) -> None:
-        model, tokenizer = loaded_student(ctx, adapter)
-        records, summary = evaluate_model(model, tokenizer, items, spec.instruction, spec.metric, spec.eval,
-                                          desc=name)
-        write_jsonl(out / "records.jsonl", records)
-        write_json(out / "summary.json", summary)
-
-    folder, _ = ctx.run.stage(name, key, build)
-    summary = read_json(folder / "summary.json")
-    return {**summary, "records": str(folder / "records.jsonl")}
-
-
-def eval_teacher(ctx: Context) -> dict:
-    """The teacher answers the test set too, so its accuracy sits beside the student's. These
-    requests are reported, not charged to the synthesis budget."""
-    from .evaluate.task_eval import score_predictions
-    from .teachers import TeacherRequest
-    spec = ctx.spec
-    key = {"teacher": ctx.teacher.backend.identity(), "test": [t.model_dump() for t in ctx.task.test],
-           "metric": spec.metric, "instruction": spec.instruction, "tolerance": spec.eval.tolerance}
-
-    def build(out: Path) -> None:
-        requests = [TeacherRequest("answer", spec.instruction, input=t.input) for t in ctx.task.test]
-        replies = ctx.teacher.complete(requests)
-        records, summary = score_predictions(ctx.task.test, [r or "" for r in replies], spec.metric,
-                                             spec.eval.tolerance)
-        write_jsonl(out / "records.jsonl", records)
-        write_json(out / "summary.json", summary)
-
-    folder = _teacher_stage(ctx, "eval-teacher", key, build)
-    return read_json(folder / "summary.json")
-
-
 def mine_failures(ctx: Context, round_: int, model_key: str, adapter: Path, train_file: Path) -> list[str]:
     """LLM2LLM: test the student on (a sample of) its own training data; the misses seed new data."""
     records = read_jsonl(train_file)
@@ -227,10 +191,27 @@ def prepare(task: LoadedTask, run_dir: Path, say=say_progress) -> Context:
 
 
 def _round_line(r: dict) -> str:
+    lost = r.get("forgetting")
+    forgetting = f" | probe {lost['probe_change']:+.1%}" if lost else ""
     return (f"round {r['round']}: {r['train_examples']} examples (+{r['new_examples']} new) | "
-            f"test {r['test_accuracy']:.1%} | dev {r['dev_accuracy']:.1%} | "
+            f"test {r['test_accuracy']:.1%} [{r['test_ci'][0]:.1%}, {r['test_ci'][1]:.1%}] | "
+            f"dev {r['dev_accuracy']:.1%}{forgetting} | "
             f"{'-' if r['failures'] is None else r['failures']} failures mined | "
             f"teacher requests {r['teacher_requests']}")
+
+
+def evaluate_round(ctx: Context, round_: int, trained: Path, dev_items: list[Example]) -> dict:
+    """Test, dev and forgetting of one round's student."""
+    model, key = trained / "model", trained.name
+    test = eval_stage(ctx, f"eval-r{round_}", model, ctx.task.test, key)
+    dev = eval_stage(ctx, f"dev-r{round_}", model, dev_items, key) if dev_items else test
+    entry = {"round": round_, "model": str(model), "test_accuracy": test["accuracy"], "test_ci": test["ci"],
+             "dev_accuracy": dev["accuracy"], "test_records": test["records"], "dev_records": dev["records"],
+             "train_log": str(trained / "train_log.json"), "forgetting": None, "over_forgetting_limit": False}
+    if ctx.base_probe is not None:
+        entry["forgetting"] = forgetting_of(ctx, ctx.base_probe, probe_stage(ctx, f"probe-r{round_}", model, key))
+        entry["over_forgetting_limit"] = not entry["forgetting"]["within_limit"]
+    return entry
 
 
 def run_rounds(ctx: Context) -> list[dict]:
@@ -242,18 +223,15 @@ def run_rounds(ctx: Context) -> list[dict]:
     for round_ in range(spec.rounds):
         train_file = curated / "train.jsonl"
         trained = train_round(ctx, round_, train_file)
-        model_key = trained.name
-        test = eval_stage(ctx, f"eval-r{round_}", trained / "model", ctx.task.test, model_key)
-        dev = eval_stage(ctx, f"dev-r{round_}", trained / "model", dev_items, model_key) if dev_items else test
-        entry = {"round": round_, "model": str(trained / "model"), "train_examples": len(read_jsonl(train_file)),
-                 "new_examples": len(read_jsonl(data_files[-1])), "test_accuracy": test["accuracy"],
-                 "dev_accuracy": dev["accuracy"], "test_records": test["records"], "failures": None,
-                 "teacher_requests": ctx.spent}
+        entry = evaluate_round(ctx, round_, trained, dev_items)
+        entry.update({"train_examples": len(read_jsonl(train_file)), "new_examples": len(read_jsonl(data_files[-1])),
+                      "data": str(train_file), "removed": str(curated / "removed.jsonl"), "failures": None,
+                      "teacher_requests": ctx.spent})
         rounds.append(entry)
         stop = _stop_reason(ctx, rounds)
         if stop is None:
-            failures = mine_failures(ctx, round_ + 1, model_key, trained / "model", train_file)
-            failures += [r["input"] for r in read_jsonl(Path(dev["records"])) if r["score"] < 1]
+            failures = mine_failures(ctx, round_ + 1, trained.name, trained / "model", train_file)
+            failures += [r["input"] for r in read_jsonl(Path(entry["dev_records"])) if r["score"] < 1]
             entry["failures"] = len(failures)
             stop = "the student made no mistakes to learn from" if not failures else None
         ctx.say(_round_line(entry))
@@ -270,6 +248,8 @@ def _stop_reason(ctx: Context, rounds: list[dict]) -> str | None:
     spec = ctx.spec
     if len(rounds) >= spec.rounds:
         return f"{spec.rounds} rounds done"
+    if rounds[-1]["over_forgetting_limit"]:
+        return f"the student lost more than {spec.forgetting.limit:.0%} of probe accuracy (the forgetting limit)"
     if ctx.left < 2 * max(1, spec.synth.per_failure) or spec.synth.per_failure == 0:
         return "teacher budget spent"
     if len(rounds) > 1 and rounds[-1]["dev_accuracy"] <= max(r["dev_accuracy"] for r in rounds[:-1]):
@@ -278,28 +258,51 @@ def _stop_reason(ctx: Context, rounds: list[dict]) -> str | None:
 
 
 def best_round(rounds: list[dict]) -> dict:
-    """The student kept is the one best on dev (the earliest on a tie): test never chooses."""
-    return max(rounds, key=lambda r: (r["dev_accuracy"], -r["round"]))
+    """The student kept is the one best on dev (the earliest on a tie) among the rounds inside the
+    forgetting limit; test never chooses. When every round is over the limit, the one that forgot
+    least is kept (the merge sweep can then trade task skill back for general ability)."""
+    inside = [r for r in rounds if not r.get("over_forgetting_limit")]
+    if not inside:
+        return max(rounds, key=lambda r: (r["forgetting"]["probe_change"], -r["round"]))
+    return max(inside, key=lambda r: (r["dev_accuracy"], -r["round"]))
+
+
+def _interval(summary: dict) -> dict:
+    return {"accuracy": summary["accuracy"], "ci": summary["ci"], "records": summary["records"]}
 
 
 def run_pipeline(task: LoadedTask, run_dir: Path, say=say_progress) -> dict:
     start = time.time()
     ctx = prepare(task, run_dir, say)
+    spec = task.spec
     base = eval_stage(ctx, "eval-base", None, task.test, ctx.base_id)
     say(f"base student: {base['accuracy']:.1%} on {base['n']} test items")
+    if spec.forgetting.enabled:
+        ctx.base_probe = probe_stage(ctx, "probe-base", None, ctx.base_id)
+        say(f"base student: {ctx.base_probe['probe_accuracy']:.1%} on the general-ability probe")
     teacher = eval_teacher(ctx)
     say(f"teacher: {teacher['accuracy']:.1%}")
     rounds = run_rounds(ctx)
     best = best_round(rounds)
-    summary = {"task": task.spec.name, "metric": task.spec.metric, "test_items": len(task.test),
-               "base": {"accuracy": base["accuracy"]}, "teacher": {"accuracy": teacher["accuracy"]},
-               "rounds": rounds, "student": {"round": best["round"], "accuracy": best["test_accuracy"],
-                                             "model": best["model"]},
-               "teacher_requests": {"budget": task.spec.budget.requests, "spent": ctx.spent,
+    student = {"round": best["round"], "accuracy": best["test_accuracy"], "ci": best["test_ci"],
+               "model": best["model"], "records": best["test_records"]}
+    judged = judge_stage(ctx, {"student": student, "teacher": teacher, "base": base})
+    summary = {"task": spec.name, "metric": spec.metric.name, "test_items": len(task.test),
+               "confidence": spec.eval.confidence, "base": _interval(base), "teacher": _interval(teacher),
+               "forgetting_base": ctx.base_probe, "forgetting_limit": spec.forgetting.limit, "rounds": rounds,
+               "student": student, "vs_teacher": versus(ctx, student, teacher), "vs_base": versus(ctx, student, base),
+               "judge": judged,
+               "teacher_requests": {"budget": spec.budget.requests, "spent": ctx.spent,
                                     "paid_this_run": ctx.teacher.stats.paid},
                "wall_seconds": round(time.time() - start, 1), "device": ctx.device}
     write_json(run_dir / "summary.json", summary)
+    _write_summaries(run_dir, summary, say)
+    return summary
+
+
+def _write_summaries(run_dir: Path, summary: dict, say) -> None:
+    from .report.html import write_report
     from .report.summary import summary_markdown
     from .runs import write_atomic
     write_atomic(run_dir / "summary.md", summary_markdown(summary))
-    return summary
+    say(f"report: {write_report(run_dir)}")

@@ -1,23 +1,64 @@
-"""summary.md: the table a run ends with."""
+"""summary.md and the table a run ends with: base / teacher / student per round, with intervals
+and what each student lost of general ability."""
 
 from __future__ import annotations
 
 
+def _score(accuracy: float, ci: list | None) -> str:
+    return f"{accuracy:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else f"{accuracy:.1%}"
+
+
+def _lost(forgetting: dict | None) -> tuple[str, str, str]:
+    if not forgetting:
+        return "-", "-", "-"
+    ratio = forgetting.get("perplexity_ratio")
+    return (f"{forgetting['probe_change']:+.1%}", f"{forgetting['negative_flip_rate']:.1%}",
+            f"{ratio:.3f}" if ratio is not None else "-")
+
+
+def table_rows(summary: dict) -> list[tuple[str, ...]]:
+    base_probe = summary.get("forgetting_base")
+    probe = f"{base_probe['probe_accuracy']:.1%}" if base_probe else "-"
+    rows = [("base student", _score(summary["base"]["accuracy"], summary["base"].get("ci")), probe, "-", "-"),
+            ("teacher", _score(summary["teacher"]["accuracy"], summary["teacher"].get("ci")), "-", "-", "-")]
+    for r in summary["rounds"]:
+        kept = " (kept)" if r["round"] == summary["student"]["round"] else ""
+        over = " (over limit)" if r.get("over_forgetting_limit") else ""
+        lost = r.get("forgetting")
+        probe = f"{lost['probe_student']:.1%} ({lost['probe_change']:+.1%})" if lost else "-"
+        rows.append((f"student, round {r['round']}{kept}{over}", _score(r["test_accuracy"], r.get("test_ci")),
+                     probe, *_lost(lost)[1:]))
+    return rows
+
+
 def results_table(summary: dict) -> str:
-    rows = [("base student", summary["base"]["accuracy"]), ("teacher", summary["teacher"]["accuracy"])]
-    rows += [(f"student, round {r['round']}", r["test_accuracy"]) for r in summary["rounds"]]
-    width = max(len(name) for name, _ in rows)
-    header = f"held-out {summary['metric']} accuracy (n={summary['test_items']})"
-    lines = [f"| {'model'.ljust(width)} | {header} |", f"|{'-' * (width + 2)}|{'-' * (len(header) + 2)}|"]
-    lines += [f"| {name.ljust(width)} | {f'{acc:.1%}'.rjust(len(header))} |" for name, acc in rows]
+    level = summary.get("confidence", 0.95)
+    header = ("model", f"held-out {summary['metric']} (n={summary['test_items']}) [{level:.0%} CI]",
+              "general probe (change)", "negative flips", "perplexity ratio")
+    rows = [header] + table_rows(summary)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def difference_line(name: str, diff: dict | None) -> str:
+    if not diff:
+        return ""
+    verdict = "a real difference" if diff["significant"] else "not a significant difference"
+    return (f"Student minus {name}: {diff['diff']:+.1%} [{diff['low']:+.1%}, {diff['high']:+.1%}], "
+            f"{verdict} (paired bootstrap).\n")
 
 
 def summary_markdown(summary: dict) -> str:
     student = summary["student"]
     spent = summary["teacher_requests"]
+    limit = summary.get("forgetting_limit")
+    limit_line = f"Forgetting limit: {limit:.0%} of probe accuracy.\n" if limit is not None else ""
     return (f"# {summary['task']}\n\n{results_table(summary)}\n\n"
             f"Kept: round {student['round']} ({student['accuracy']:.1%}), {student['model']}\n\n"
+            f"{difference_line('teacher', summary.get('vs_teacher'))}"
+            f"{difference_line('base', summary.get('vs_base'))}{limit_line}\n"
             f"Test items: {summary['test_items']}. Teacher requests for training data: {spent['spent']} of "
             f"the budget of {spent['budget']}; requests sent this run, answering the test set included, "
             f"cache hits excluded: {spent['paid_this_run']}. Wall time: {summary['wall_seconds']} s on "
