@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_task
+from .runs import write_json
 
 
 def _run_dir(args, task) -> Path:
@@ -22,7 +23,8 @@ def cmd_run(args) -> int:
     student = summary["student"]
     print("\n" + results_table(summary))
     print(f"\nstudent kept: round {student['round']} ({student['accuracy']:.1%} held-out), {student['model']}")
-    print(f"\nrun directory: {_run_dir(args, task)}  ({summary['wall_seconds']} s)")
+    print(f"\nrun directory: {_run_dir(args, task)}  ({summary['wall_seconds']} s); "
+          f"report: {_run_dir(args, task) / 'report.html'}")
     return 0
 
 
@@ -57,15 +59,60 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .pipeline import eval_stage, prepare
+    from .pipeline import prepare
     task = load_task(args.task, args.set)
     ctx = prepare(task, _run_dir(args, task))
     model = Path(args.model).resolve() if args.model else None
     if model is not None and not model.is_dir():
         raise ConfigError(f"{model}:1: field 'model': not a directory")
+    result = evaluate_alone(ctx, model, args)
+    write_json(ctx.run.root / "eval-cli.json", result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def evaluate_alone(ctx, model: Path | None, args) -> dict:
+    """`protege eval`: the task score with its interval, and on request forgetting against the base,
+    the judge, and lm-evaluation-harness scores beside protege's own."""
+    from .eval_stages import eval_stage, forgetting_of, judge_stage, probe_stage
     key = str(model) if model else ctx.base_id
-    summary = eval_stage(ctx, "eval-cli", model, task.test, key)
-    print(json.dumps(summary, indent=2))
+    result = {"model": str(model) if model else "base", "task": eval_stage(ctx, "eval-cli", model, ctx.task.test, key)}
+    if args.forgetting and model is not None:
+        base = probe_stage(ctx, "probe-base", None, ctx.base_id)
+        result["forgetting"] = forgetting_of(ctx, base, probe_stage(ctx, "probe-cli", model, key))
+    if args.judge:
+        from .eval_stages import eval_teacher
+        ctx.spec.judge.mode = args.judge
+        result["judge"] = judge_stage(ctx, {"student": result["task"], "teacher": eval_teacher(ctx)})
+    if args.lm_eval:
+        result["lm_eval"] = lm_eval_scores(ctx, model, args)
+    return result
+
+
+def lm_eval_scores(ctx, model: Path | None, args) -> dict:
+    """lm-evaluation-harness loads a plain model directory: an adapter is merged into its base first."""
+    from .evaluate.lm_eval import run_lm_eval
+    from .models import is_adapter, save_merged
+    directory = model or ctx.base
+    if model is not None and is_adapter(model):
+        folder, _ = ctx.run.stage("merged-cli", {"base": ctx.base_id, "adapter": str(model)},
+                                  lambda out: save_merged(ctx.base, model, out))
+        directory = folder
+    tasks = [t for t in args.lm_eval.split(",") if t]
+    return run_lm_eval(directory, tasks, device=ctx.device, limit=args.lm_eval_limit,
+                       include_path=Path(args.lm_eval_include) if args.lm_eval_include else None)
+
+
+def cmd_report(args) -> int:
+    from .report.html import check_in_browser, find_chromium, screenshot, write_report
+    run_dir = Path(args.run_dir_positional)
+    if not (run_dir / "summary.json").is_file():
+        raise ConfigError(f"{run_dir / 'summary.json'}:1: field 'run_dir': no summary.json (run `protege run` first)")
+    html = write_report(run_dir)
+    print(f"report: {html}")
+    if not args.no_screenshot and find_chromium():
+        print(f"screenshot: {screenshot(html, run_dir / 'report.png')}")
+        print(f"browser check: {json.dumps(check_in_browser(html))}")
     return 0
 
 
@@ -79,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "fine-tune the student on the task's data or on --data FILE.jsonl"),
         "eval": (cmd_eval, "score the base student, or --model DIR, on the held-out test set"),
     }
+    report = sub.add_parser("report", help="write RUN_DIR/report.html (and a screenshot where Chromium is "
+                            "installed)", description="write RUN_DIR/report.html, one self-contained page")
+    report.add_argument("run_dir_positional", metavar="RUN_DIR", help="a run directory holding summary.json")
+    report.add_argument("--no-screenshot", action="store_true", help="skip the headless-Chromium screenshot")
+    report.set_defaults(fn=cmd_report)
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("task", help="task directory (holding task.yaml) or a task YAML file")
@@ -94,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--adapter", choices=["lora", "hft", "full"], help="override train.adapter")
         if name == "eval":
             p.add_argument("--model", help="trained model or adapter directory (default: the base student)")
+            p.add_argument("--forgetting", action="store_true", help="also run the general-ability probe and "
+                           "perplexity on the base and the model, and report what the model lost")
+            p.add_argument("--judge", choices=["pointwise", "pairwise", "both"],
+                           help="also have the judge (judge.teacher, else the teacher) compare the model's "
+                           "answers with the teacher's")
+            p.add_argument("--lm-eval", metavar="TASKS", help="comma-separated lm-evaluation-harness tasks to "
+                           "run on the model (needs `pip install lm-eval` and reachable datasets)")
+            p.add_argument("--lm-eval-limit", type=int, help="lm-eval: items per task (default: all)")
+            p.add_argument("--lm-eval-include", metavar="DIR", help="lm-eval: a folder of custom task YAMLs")
     return parser
 
 
