@@ -141,6 +141,12 @@ def test_run_measures_forgetting_and_writes_the_report(tmp_path, examples_dir, c
     table = (run_dir / "summary.md").read_text()
     assert "negative flips" in table and "Student minus teacher" in table
     assert (run_dir / "report.html").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert (run_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '"loaded": "ok"' in out and '"broken": 0' in out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
 METHOD_FAST = [*FAST, "--set", "rounds=1", "--set", "synth.mine_size=8", "--set", "train.report_to=[none]",
