@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from protege.config import load_task  # noqa: E402
+from protege.config import EvalConfig
 from protege.evaluate.generate import chat_prompts, generate  # noqa: E402
 from protege.evaluate.task_eval import task_chat  # noqa: E402
 from protege.evaluate.vllm_generate import wants_vllm  # noqa: E402
@@ -113,7 +114,8 @@ def parse_args() -> argparse.Namespace:
                         help="embedded:NAME, tiny:SEED or a model directory")
     parser.add_argument("--n", type=int, default=100, help="prompts (test items, repeated if fewer)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32, help="protege's batch size (EvalConfig default)")
+    parser.add_argument("--batch-size", type=int, default=EvalConfig().batch_size,
+                        help="protege's batch size (default: eval.batch_size's default)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--order", default="loop-first", choices=["loop-first", "protege-first"])

@@ -11,7 +11,7 @@ def decontaminate(records: list[dict], test_inputs: list[str]) -> tuple[list[dic
     kept, removed = [], []
     for record in records:
         if normalize(record_input(record)) in banned:
-            removed.append({"id": record["id"], "reason": "in test set"})
+            removed.append({"id": record["id"], "reason": "in the held-out test or dev set"})
         else:
             kept.append(record)
     return kept, removed
