@@ -42,4 +42,4 @@ def test_dedup_keeps_first_and_says_why():
 
 def test_decontaminate_drops_test_inputs():
     kept, removed = decontaminate([rec("a"), rec("B."), rec("c")], ["b", "z"])
-    assert [r["messages"][1]["content"] for r in kept] == ["a", "c"] and removed[0]["reason"] == "in test set"
+    assert [r["messages"][1]["content"] for r in kept] == ["a", "c"] and removed[0]["reason"] == "in the held-out test or dev set"
