@@ -13,3 +13,5 @@ def test_iso_dates_embedded_reaches_95_percent(tmp_path, examples_dir):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["base"]["accuracy"] < 0.5
     assert summary["student"]["accuracy"] >= 0.95
+    assert all(r["forgetting"]["perplexity_ratio"] > 0 for r in summary["rounds"])
+    assert (tmp_path / "run" / "report.html").is_file()
