@@ -222,9 +222,12 @@ def test_plots_are_pngs_or_none():
 @needs_chromium
 def test_report_loads_in_chromium(run_dir):
     html = write_report(run_dir)
-    assert check_in_browser(html) == {"loaded": "ok", "images": 3, "broken": 0, "errors": 0}
+    seen = check_in_browser(html)
+    height = seen.pop("height")
+    assert seen == {"loaded": "ok", "images": 3, "broken": 0, "errors": 0} and height > 1000
     png = screenshot(html, run_dir / "report.png")
     assert png == run_dir / "report.png" and png.read_bytes().startswith(PNG_SIGNATURE)
+    assert int.from_bytes(png.read_bytes()[20:24], "big") == height  # the whole page, not a window of it
     assert png.stat().st_size > 10_000  # a blank page compresses to a few hundred bytes
 
 

@@ -189,8 +189,11 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
 
 
 def screenshot(html: Path, png: Path) -> Path:
+    """The whole page: its height is what the load check measured in a first pass (capped, so a
+    runaway page cannot ask for a giant image)."""
     png = Path(png).resolve()
-    _chromium(f"--screenshot={png}", "--window-size=1280,2400", "--hide-scrollbars",
+    height = min(int(check_in_browser(html).get("height") or 2400), 12000)
+    _chromium(f"--screenshot={png}", f"--window-size=1280,{height}", "--hide-scrollbars",
               Path(html).resolve().as_uri())
     if not png.is_file():
         raise RuntimeError(f"{png}: Chromium wrote no screenshot")
