@@ -1,0 +1,36 @@
+"""DARE (Yu et al., 2024): drop each entry of each task vector with probability `drop`, rescale the
+survivors by 1 / (1 - drop) so the expected task vector is unchanged, then add them as task
+arithmetic does. The random mask is seeded by (seed, tensor name, model index), so a tensor's
+result does not depend on the order in which tensors are merged.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+from . import apply, register, task_vectors, weighted_sum
+
+
+def mask_seed(seed: int, name: str, index: int) -> int:
+    # crc32, not hash(): Python salts str hashes per process
+    return zlib.crc32(f"{seed}\0{name}\0{index}".encode())
+
+
+def drop_and_rescale(delta: torch.Tensor, drop: float, seed: int) -> torch.Tensor:
+    if drop <= 0:
+        return delta
+    if drop >= 1:
+        raise ValueError("DARE drop rate must be below 1")
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(delta.shape, generator=generator) >= drop
+    return delta * keep / (1 - drop)
+
+
+@register("dare")
+def dare(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float], name: str = "",
+         drop: float = 0.9, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    deltas = [drop_and_rescale(delta, drop, mask_seed(seed, name, index))
+              for index, delta in enumerate(task_vectors(base, finetuned))]
+    return apply(base, scale * weighted_sum(deltas, weights))

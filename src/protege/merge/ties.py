@@ -1,0 +1,40 @@
+"""TIES-merging (Yadav et al., 2023): trim each task vector to its largest `density` fraction by
+magnitude, elect each entry's sign by the total weighted mass, then average only the entries that
+agree with the elected sign (disjoint mean) and add `scale` times that to the base.
+
+Conventions follow mergekit: k = int(density * numel) entries kept; a zero total elects +;
+the disjoint mean is weighted, sum(w_i d_i over agreeing i) / sum(w_i over agreeing i).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import apply, register, task_vectors
+
+
+def keep_largest(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """The delta with all but its int(density * numel) largest-magnitude entries zeroed."""
+    if density >= 1:
+        return delta
+    keep = int(density * delta.numel())
+    mask = torch.zeros(delta.numel(), dtype=torch.bool)
+    mask[torch.topk(delta.abs().flatten(), keep).indices] = True
+    return delta * mask.view(delta.shape)
+
+
+def disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    weighted = torch.stack([weight * delta for weight, delta in zip(weights, deltas)])
+    elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0)
+    # a trimmed (zero) entry has sign 0, so it never agrees and never counts in the mean
+    agrees = weighted.sign() == elected
+    spread = torch.tensor(weights, dtype=weighted.dtype).view(-1, *[1] * deltas[0].dim())
+    divisor = (spread * agrees).sum(dim=0)
+    return (weighted * agrees).sum(dim=0) / torch.where(divisor == 0, 1.0, divisor)
+
+
+@register("ties")
+def ties(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
+         density: float = 0.2, scale: float = 1.0) -> torch.Tensor:
+    trimmed = [keep_largest(delta, density) for delta in task_vectors(base, finetuned)]
+    return apply(base, scale * disjoint_mean(trimmed, weights))
