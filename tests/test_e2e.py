@@ -185,3 +185,9 @@ def test_eval_with_the_judge_through_the_task_teacher(tmp_path, examples_dir, ca
     assert judged["pointwise"]["student"]["mean_score"] == 2 and judged["pointwise"]["teacher"]["mean_score"] == 10
     pairwise = judged["pairwise"]
     assert pairwise["wins"] == {"student": 0, "teacher": 12} and pairwise["position_disagreement_rate"] == 0
+
+
+def test_serve_refuses_an_unset_api_key_variable(capsys, monkeypatch):
+    monkeypatch.delenv("PROTEGE_TEST_NO_SUCH_KEY", raising=False)
+    assert main(["serve", "tiny:0", "--api-key-env", "PROTEGE_TEST_NO_SUCH_KEY"]) == 2
+    assert "PROTEGE_TEST_NO_SUCH_KEY" in capsys.readouterr().err

@@ -117,6 +117,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+    from .models import model_dir, pick_device
+    from .serve import serve
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.api_key_env and not key:
+        raise ConfigError(f"--api-key-env {args.api_key_env}:1: field 'api_key_env': the variable is not set")
+    serve(model_dir(args.model), host=args.host, port=args.port, api_key=key, model_name=args.model_name,
+          max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
+          device=pick_device(args.device), base=model_dir(args.base) if args.base else None)
+    return 0
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API (/v1)",
+                       description="serve MODEL (a model directory, or an adapter with --base) at /v1")
+    p.add_argument("model", help="model or adapter directory (or embedded:NAME / tiny:SEED)")
+    p.add_argument("--base", help="base model directory when MODEL is a LoRA adapter")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--api-key-env", help="environment variable holding the API key clients must send")
+    p.add_argument("--model-name", help="name clients ask for (default: the directory name)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body accepted")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.set_defaults(fn=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protege", description="Turn a task and a teacher into a small "
                                      "specialist model.")
@@ -132,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir_positional", metavar="RUN_DIR", help="a run directory holding summary.json")
     report.add_argument("--no-screenshot", action="store_true", help="skip the headless-Chromium screenshot")
     report.set_defaults(fn=cmd_report)
+    add_serve_parser(sub)
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("task", help="task directory (holding task.yaml) or a task YAML file")
