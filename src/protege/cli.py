@@ -112,8 +112,9 @@ def cmd_report(args) -> int:
     html = write_report(run_dir)
     print(f"report: {html}")
     if not args.no_screenshot and find_chromium():
-        print(f"screenshot: {screenshot(html, run_dir / 'report.png')}")
-        print(f"browser check: {json.dumps(check_in_browser(html))}")
+        seen = check_in_browser(html)
+        print(f"screenshot: {screenshot(html, run_dir / 'report.png', seen.get('height'))}")
+        print(f"browser check: {json.dumps(seen)}")
     return 0
 
 

@@ -9,6 +9,16 @@ from .config import Example
 from .runs import file_digest, read_json, read_jsonl, write_json, write_jsonl
 
 
+def _write_scored(out: Path, records: list[dict], summary: dict) -> None:
+    write_jsonl(out / "records.jsonl", records)
+    write_json(out / "summary.json", summary)
+
+
+def _scored(folder: Path) -> dict:
+    """A scoring stage's summary, with where its per-item records are."""
+    return {**read_json(folder / "summary.json"), "records": str(folder / "records.jsonl")}
+
+
 def eval_stage(ctx, name: str, adapter: Path | None, items: list[Example], key_extra) -> dict:
     """Evaluate the base (adapter None) or a trained student on items; returns the summary."""
     from .evaluate.task_eval import evaluate_model
@@ -19,14 +29,11 @@ def eval_stage(ctx, name: str, adapter: Path | None, items: list[Example], key_e
 
     def build(out: Path) -> None:
         model, tokenizer = loaded_student(ctx, adapter)
-        records, summary = evaluate_model(model, tokenizer, items, spec.instruction, spec.metric, spec.eval,
-                                          desc=name)
-        write_jsonl(out / "records.jsonl", records)
-        write_json(out / "summary.json", summary)
+        _write_scored(out, *evaluate_model(model, tokenizer, items, spec.instruction, spec.metric, spec.eval,
+                                           desc=name))
 
     folder, _ = ctx.run.stage(name, key, build)
-    summary = read_json(folder / "summary.json")
-    return {**summary, "records": str(folder / "records.jsonl")}
+    return _scored(folder)
 
 
 def eval_teacher(ctx) -> dict:
@@ -42,12 +49,9 @@ def eval_teacher(ctx) -> dict:
     def build(out: Path) -> None:
         requests = [TeacherRequest("answer", spec.instruction, input=t.input) for t in ctx.task.test]
         replies = ctx.teacher.complete(requests)
-        records, summary = score_predictions(ctx.task.test, [r or "" for r in replies], spec.metric, spec.eval)
-        write_jsonl(out / "records.jsonl", records)
-        write_json(out / "summary.json", summary)
+        _write_scored(out, *score_predictions(ctx.task.test, [r or "" for r in replies], spec.metric, spec.eval))
 
-    folder = _teacher_stage(ctx, "eval-teacher", key, build)
-    return {**read_json(folder / "summary.json"), "records": str(folder / "records.jsonl")}
+    return _scored(_teacher_stage(ctx, "eval-teacher", key, build))
 
 
 def probe_stage(ctx, name: str, adapter: Path | None, key_extra) -> dict:
@@ -63,12 +67,11 @@ def probe_stage(ctx, name: str, adapter: Path | None, key_extra) -> dict:
         model, tokenizer = loaded_student(ctx, adapter)
         records = forgetting.run_probe(model, tokenizer, items, ctx.spec.eval.batch_size, cfg.max_new_tokens)
         perplexity = forgetting.general_perplexity(model, tokenizer) if cfg.perplexity else None
-        write_jsonl(out / "records.jsonl", records)
-        write_json(out / "summary.json", {"probe_accuracy": sum(r["correct"] for r in records) / len(records),
-                                          "perplexity": perplexity, "items": len(records)})
+        _write_scored(out, records, {"probe_accuracy": sum(r["correct"] for r in records) / len(records),
+                                     "perplexity": perplexity, "items": len(records)})
 
     folder, _ = ctx.run.stage(name, key, build)
-    return {**read_json(folder / "summary.json"), "records": str(folder / "records.jsonl")}
+    return _scored(folder)
 
 
 def forgetting_of(ctx, base_probe: dict, student_probe: dict) -> dict:

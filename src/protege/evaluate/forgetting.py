@@ -9,15 +9,16 @@ student gets wrong, as in MUSCLE) and the perplexity ratio.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
 from itertools import chain, zip_longest
 from pathlib import Path
 
+from ..runs import read_jsonl
 from .bootstrap import paired_difference
 from .metrics.exact import normalize
+from .metrics.json_match import first_object
 from .metrics.numeric import last_number
 
 PROBE_DIR = Path(__file__).parent / "probe"
@@ -86,20 +87,9 @@ def regex(check: dict, answer: str) -> bool:
     return re.search(check["pattern"], answer, flags) is not None
 
 
-def _json_object(answer: str):
-    """The JSON object in an answer, code fences or a lead-in sentence around it allowed."""
-    start, end = answer.find("{"), answer.rfind("}")
-    if start < 0 or end < start:
-        return None
-    try:
-        return json.loads(answer[start:end + 1])
-    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
-        return None
-
-
 def json_keys(check: dict, answer: str) -> bool:
     """A JSON object with exactly these keys, and these values where given (compared as text)."""
-    found = _json_object(answer)
+    found = first_object(answer)
     if not isinstance(found, dict) or set(found) != set(check["keys"]):
         return False
     return all(str(found[k]).strip().lower() == str(v).lower() for k, v in check.get("values", {}).items())
@@ -180,9 +170,7 @@ def load_probe(categories: list[str] = (), limit: int = 0, seed: int = 0) -> lis
     unknown = set(categories) - set(CATEGORIES)
     if unknown:
         raise ValueError(f"unknown probe categories {sorted(unknown)}; known: {', '.join(CATEGORIES)}")
-    lines = PROBE_FILE.read_text(encoding="utf-8").splitlines()
-    items = [json.loads(line) for line in lines if line.strip()]
-    items = [item for item in items if not categories or item["category"] in categories]
+    items = [item for item in read_jsonl(PROBE_FILE) if not categories or item["category"] in categories]
     if limit <= 0 or limit >= len(items):
         return items
     return stratified_sample(items, limit, seed)

@@ -188,11 +188,11 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT, check=True)
 
 
-def screenshot(html: Path, png: Path) -> Path:
-    """The whole page: its height is what the load check measured in a first pass (capped, so a
-    runaway page cannot ask for a giant image)."""
+def screenshot(html: Path, png: Path, height: int | None = None) -> Path:
+    """The whole page: its height is what the load check measured (check_in_browser; measured here when
+    the caller has not), capped so a runaway page cannot ask for a giant image."""
     png = Path(png).resolve()
-    height = min(int(check_in_browser(html).get("height") or 2400), 12000)
+    height = min(int(height or check_in_browser(html).get("height") or 2400), 12000)
     _chromium(f"--screenshot={png}", f"--window-size=1280,{height}", "--hide-scrollbars",
               Path(html).resolve().as_uri())
     if not png.is_file():

@@ -8,12 +8,12 @@ def _score(accuracy: float, ci: list | None) -> str:
     return f"{accuracy:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]" if ci else f"{accuracy:.1%}"
 
 
-def _lost(forgetting: dict | None) -> tuple[str, str, str]:
+def _lost(forgetting: dict | None) -> tuple[str, str]:
+    """Negative-flip rate and perplexity ratio cells."""
     if not forgetting:
-        return "-", "-", "-"
+        return "-", "-"
     ratio = forgetting.get("perplexity_ratio")
-    return (f"{forgetting['probe_change']:+.1%}", f"{forgetting['negative_flip_rate']:.1%}",
-            f"{ratio:.3f}" if ratio is not None else "-")
+    return f"{forgetting['negative_flip_rate']:.1%}", f"{ratio:.3f}" if ratio is not None else "-"
 
 
 def table_rows(summary: dict) -> list[tuple[str, ...]]:
@@ -27,7 +27,7 @@ def table_rows(summary: dict) -> list[tuple[str, ...]]:
         lost = r.get("forgetting")
         probe = f"{lost['probe_student']:.1%} ({lost['probe_change']:+.1%})" if lost else "-"
         rows.append((f"student, round {r['round']}{kept}{over}", _score(r["test_accuracy"], r.get("test_ci")),
-                     probe, *_lost(lost)[1:]))
+                     probe, *_lost(lost)))
     return rows
 
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..evaluate.generate import chat_prompts
 from .batching import Batcher, Generation
 
 STREAM_PIECE_CHARS = 16
@@ -219,8 +220,7 @@ def add_routes(app: FastAPI, server: Server) -> None:
     async def chat(request: Request):
         body = await server.read(request, ChatRequest)
         chat = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = server.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=False)
+        prompt = chat_prompts(server.tokenizer, [chat])[0]
         return reply(await server.generate(prompt, body), body, chat_response, chat_stream)
 
     @app.post("/v1/completions")
