@@ -112,6 +112,9 @@ def test_regex_template_escapes_the_reference_and_keeps_regex_braces():
 def test_regex_invalid_pattern_raises_naming_it():
     with pytest.raises(ValueError, match=r"invalid pattern '\[unclosed'"):
         score(cfg("regex", pattern="[unclosed"), "anything", "x")
+    # with no pattern the reference is the pattern: the config cannot check it, the metric does
+    with pytest.raises(ValueError, match=r"invalid pattern '\[unclosed'"):
+        score(cfg("regex"), "anything", "[unclosed")
 
 
 # rouge-l

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -142,6 +143,16 @@ class MetricConfig(Strict):
     memory_mb: int = Field(512, gt=0, description="code: address-space limit of one program, in MiB.")
     k: list[int] = Field(default_factory=lambda: [1], description="Report pass@k for these k "
                          "(needs eval.samples >= k).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        # a broken pattern must stop the run before training, not at the first evaluation
+        try:
+            re.compile(value.replace("{reference}", ""))
+        except re.error as exc:
+            raise ValueError(f"invalid pattern {value!r}: {exc}") from None
+        return value
 
 
 class EvalConfig(Strict):
