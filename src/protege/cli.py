@@ -17,12 +17,13 @@ def _run_dir(args, task) -> Path:
 
 def cmd_run(args) -> int:
     from .pipeline import run_pipeline
-    from .report.summary import difference_line, results_table
+    from .report.summary import merge_words, difference_line, results_table
     task = load_task(args.task, args.set)
     summary = run_pipeline(task, _run_dir(args, task))
     student = summary["student"]
     print("\n" + results_table(summary))
-    print(f"\nstudent kept: round {student['round']} ({student['accuracy']:.1%} held-out), {student['model']}")
+    print(f"\nstudent kept: round {student['round']}{merge_words(student)} ({student['accuracy']:.1%} held-out), "
+          f"{student['model']}")
     print("".join(difference_line(name, summary[f"vs_{name}"]) for name in ("teacher", "base")), end="")
     print(f"\nrun directory: {_run_dir(args, task)}  ({summary['wall_seconds']} s); "
           f"report: {_run_dir(args, task) / 'report.html'}")

@@ -190,6 +190,23 @@ class ForgettingConfig(Strict):
                                 "stop the loop. Empty: no limit.")
 
 
+class MergeSweepConfig(Strict):
+    strengths: list[float] = Field(default_factory=list, description="Merge the kept student back toward its "
+                                   "base at each of these strengths (base + s * (student - base), 0 < s < 1) and "
+                                   "keep the one best on dev inside forgetting.limit. Empty: no sweep.")
+    method: Literal["task_arithmetic", "lines", "dare", "ties", "breadcrumbs"] = Field(
+        "task_arithmetic", description="Merge method of the sweep; lines scales shallow layers down more.")
+    params: dict[str, int | float] = Field(default_factory=dict, description="The method's parameters (e.g. "
+                                     "lines: alpha, beta; dare: density, seed).")
+
+    @field_validator("strengths")
+    @classmethod
+    def _strictly_between(cls, value: list[float]) -> list[float]:
+        if any(not 0 < s < 1 for s in value):
+            raise ValueError("every strength must be between 0 and 1 (1 is the student itself)")
+        return sorted(set(value), reverse=True)
+
+
 class BudgetConfig(Strict):
     requests: int = Field(2000, ge=0, description="Teacher requests the synthesis may make (cache hits count).")
 
@@ -214,6 +231,8 @@ class TaskSpec(Strict):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge scoring.")
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig,
                                          description="What the student loses of general ability.")
+    merge: MergeSweepConfig = Field(default_factory=MergeSweepConfig, description="Trading task skill back "
+                                    "for general ability after the last round.")
     rounds: int = Field(2, ge=1, description="Most train/evaluate/augment rounds.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Teacher budget.")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import Example, LoadedTask
 from .curate import curate
 from .eval_stages import eval_stage, eval_teacher, forgetting_of, judge_stage, probe_stage, versus
+from .merge_sweep import keep_best, merge_sweep
 from .method_round import train_round
 from .models import load_model, model_dir, pick_device
 from .runs import Run, digest, file_digest, read_json, read_jsonl, write_json, write_jsonl
@@ -39,6 +40,7 @@ class Context:
     spent: int = 0  # teacher requests charged to the synthesis budget so far
     loaded: tuple | None = None  # (adapter, model, tokenizer) of the last evaluation
     base_probe: dict | None = None  # the base's probe summary, when forgetting is measured
+    dev_items: list[Example] | None = None  # the held-out dev set that chooses among rounds and merges
 
     @property
     def spec(self):
@@ -202,14 +204,19 @@ def _round_line(r: dict) -> str:
 
 def evaluate_round(ctx: Context, round_: int, trained: Path, dev_items: list[Example]) -> dict:
     """Test, dev and forgetting of one round's student."""
-    model, key = trained / "model", trained.name
-    test = eval_stage(ctx, f"eval-r{round_}", model, ctx.task.test, key)
-    dev = eval_stage(ctx, f"dev-r{round_}", model, dev_items, key) if dev_items else test
-    entry = {"round": round_, "model": str(model), "test_accuracy": test["accuracy"], "test_ci": test["ci"],
+    return {"round": round_, **evaluate_candidate(ctx, f"r{round_}", trained / "model", trained.name, dev_items),
+            "train_log": str(trained / "train_log.json")}
+
+
+def evaluate_candidate(ctx: Context, tag: str, model: Path, key: str, dev_items: list[Example]) -> dict:
+    """Test, dev and (when measured) forgetting of a model a run may keep: a round's student or a merge."""
+    test = eval_stage(ctx, f"eval-{tag}", model, ctx.task.test, key)
+    dev = eval_stage(ctx, f"dev-{tag}", model, dev_items, key) if dev_items else test
+    entry = {"model": str(model), "test_accuracy": test["accuracy"], "test_ci": test["ci"],
              "dev_accuracy": dev["accuracy"], "test_records": test["records"], "dev_records": dev["records"],
-             "train_log": str(trained / "train_log.json"), "forgetting": None, "over_forgetting_limit": False}
+             "forgetting": None, "over_forgetting_limit": False}
     if ctx.base_probe is not None:
-        entry["forgetting"] = forgetting_of(ctx, ctx.base_probe, probe_stage(ctx, f"probe-r{round_}", model, key))
+        entry["forgetting"] = forgetting_of(ctx, ctx.base_probe, probe_stage(ctx, f"probe-{tag}", model, key))
         entry["over_forgetting_limit"] = not entry["forgetting"]["within_limit"]
     return entry
 
@@ -219,7 +226,7 @@ def run_rounds(ctx: Context) -> list[dict]:
     data_files = [synth_round0(ctx) / "data.jsonl"]
     curated = curate_round(ctx, 0, data_files, None)
     dev_file = curated / "dev.jsonl"
-    dev_items = as_examples(read_jsonl(dev_file))
+    dev_items = ctx.dev_items = as_examples(read_jsonl(dev_file))
     for round_ in range(spec.rounds):
         train_file = curated / "train.jsonl"
         trained = train_round(ctx, round_, train_file)
@@ -261,10 +268,19 @@ def best_round(rounds: list[dict]) -> dict:
     """The student kept is the one best on dev (the earliest on a tie) among the rounds inside the
     forgetting limit; test never chooses. When every round is over the limit, the one that forgot
     least is kept (the merge sweep can then trade task skill back for general ability)."""
-    inside = [r for r in rounds if not r.get("over_forgetting_limit")]
-    if not inside:
-        return max(rounds, key=lambda r: (r["forgetting"]["probe_change"], -r["round"]))
-    return max(inside, key=lambda r: (r["dev_accuracy"], -r["round"]))
+    return keep_best(rounds, closer_to_base=lambda r: -r["round"])
+
+
+def kept_student(rounds: list[dict], sweep: dict | None) -> dict:
+    """The best round, or the sweep's chosen merge of it."""
+    best = best_round(rounds)
+    student = {"round": best["round"], "accuracy": best["test_accuracy"], "ci": best["test_ci"],
+               "model": best["model"], "records": best["test_records"], "merge": None}
+    if sweep and sweep["chosen"] != 1.0:
+        point = next(p for p in sweep["points"] if p["strength"] == sweep["chosen"])
+        student.update(accuracy=point["test_accuracy"], ci=point["test_ci"], model=point["model"],
+                       records=point["test_records"], merge={"method": sweep["method"], "strength": point["strength"]})
+    return student
 
 
 def _interval(summary: dict) -> dict:
@@ -283,15 +299,14 @@ def run_pipeline(task: LoadedTask, run_dir: Path, say=say_progress) -> dict:
     teacher = eval_teacher(ctx)
     say(f"teacher: {teacher['accuracy']:.1%}")
     rounds = run_rounds(ctx)
-    best = best_round(rounds)
-    student = {"round": best["round"], "accuracy": best["test_accuracy"], "ci": best["test_ci"],
-               "model": best["model"], "records": best["test_records"]}
+    sweep = merge_sweep(ctx, best_round(rounds))
+    student = kept_student(rounds, sweep)
     judged = judge_stage(ctx, {"student": student, "teacher": teacher, "base": base})
     summary = {"task": spec.name, "metric": spec.metric.name, "test_items": len(task.test),
                "confidence": spec.eval.confidence, "base": _interval(base), "teacher": _interval(teacher),
                "forgetting_base": ctx.base_probe, "forgetting_limit": spec.forgetting.limit, "rounds": rounds,
                "student": student, "vs_teacher": versus(ctx, student, teacher), "vs_base": versus(ctx, student, base),
-               "judge": judged,
+               "judge": judged, "merge_sweep": sweep,
                "teacher_requests": {"budget": spec.budget.requests, "spent": ctx.spent,
                                     "paid_this_run": ctx.teacher.stats.paid},
                "wall_seconds": round(time.time() - start, 1), "device": ctx.device}

@@ -95,7 +95,8 @@ def report_context(summary: dict, run_dir: Path) -> dict:
     data = {labels[r["round"]]: source_counts(read_rows(r.get("data"), run_dir)) for r in rounds}
     removed = {labels[r["round"]]: read_rows(r.get("removed"), run_dir) for r in rounds}
     logs = {labels[r["round"]]: _read_log(r.get("train_log"), run_dir) for r in rounds}
-    kept_records = read_rows(kept.get("test_records"), run_dir) if kept else []
+    kept_records = read_rows((summary.get("student") or {}).get("records"), run_dir) or \
+        (read_rows(kept.get("test_records"), run_dir) if kept else [])
     fixed, failing = example_items(read_rows((summary.get("base") or {}).get("records"), run_dir), kept_records)
     return {"summary": summary, "metric": _metric_name(summary.get("metric")), "kept": kept,
             "stop": next((r["stop"] for r in reversed(rounds) if r.get("stop")), None),
@@ -112,7 +113,8 @@ def _plots(summary: dict, data: dict, logs: dict) -> dict:
                                                        (summary.get("teacher") or {}).get("accuracy"),
                                                        summary.get("forgetting_limit"))),
             "training": inline_png(plots.training_curves_plot({k: loss_curve(v) for k, v in logs.items()})),
-            "data": inline_png(plots.data_sources_plot(data))}
+            "data": inline_png(plots.data_sources_plot(data)),
+            "sweep": inline_png(plots.merge_sweep_plot(summary.get("merge_sweep"), summary.get("forgetting_limit")))}
 
 
 def _read_log(path: str | None, run_dir: Path) -> dict | None:

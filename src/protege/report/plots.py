@@ -89,6 +89,30 @@ def _draw_forgetting(ax, rounds, limit) -> None:
     ax.legend(loc="lower right", fontsize=8)
 
 
+def merge_sweep_plot(sweep: dict | None, limit: float | None) -> bytes | None:
+    """Test and dev accuracy against probe change, one point per merge strength: the trade the sweep made."""
+    points = [p for p in (sweep or {}).get("points", []) if (p.get("forgetting") or {}).get("probe_change") is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    change = [p["forgetting"]["probe_change"] for p in points]
+    ax.plot(change, [p["test_accuracy"] for p in points], marker="o", color="tab:blue", label="test")
+    ax.plot(change, [p["dev_accuracy"] for p in points], marker="^", linestyle=":", color="tab:purple", label="dev")
+    for p, x in zip(points, change):
+        kept = " (kept)" if p["strength"] == sweep["chosen"] else ""
+        ax.annotate(f"{p['strength']:g}{kept}", (x, p["test_accuracy"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)
+    if limit is not None:
+        ax.axvline(-limit, color="tab:red", linestyle=":", label=f"forgetting limit -{limit:.0%}")
+    ax.set_xlabel("probe accuracy change vs base (right: less forgetting)")
+    ax.set_ylabel("held-out accuracy")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return png_bytes(fig)
+
+
 def training_curves_plot(curves: dict[str, list[tuple[int, float]]]) -> bytes | None:
     """Training loss against step, one line per round ({label: [(step, loss), ...]})."""
     curves = {label: points for label, points in curves.items() if points}

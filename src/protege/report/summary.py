@@ -16,18 +16,31 @@ def _lost(forgetting: dict | None) -> tuple[str, str]:
     return f"{forgetting['negative_flip_rate']:.1%}", f"{ratio:.3f}" if ratio is not None else "-"
 
 
+def _probe_cell(lost: dict | None) -> str:
+    return f"{lost['probe_student']:.1%} ({lost['probe_change']:+.1%})" if lost else "-"
+
+
+def _candidate_row(label: str, candidate: dict, kept: bool) -> tuple[str, ...]:
+    over = " (over limit)" if candidate.get("over_forgetting_limit") else ""
+    lost = candidate.get("forgetting")
+    return (f"{label}{' (kept)' if kept else ''}{over}", _score(candidate["test_accuracy"], candidate.get("test_ci")),
+            _probe_cell(lost), *_lost(lost))
+
+
 def table_rows(summary: dict) -> list[tuple[str, ...]]:
     base_probe = summary.get("forgetting_base")
     probe = f"{base_probe['probe_accuracy']:.1%}" if base_probe else "-"
     rows = [("base student", _score(summary["base"]["accuracy"], summary["base"].get("ci")), probe, "-", "-"),
             ("teacher", _score(summary["teacher"]["accuracy"], summary["teacher"].get("ci")), "-", "-", "-")]
+    student = summary["student"]
+    merged = student.get("merge")
     for r in summary["rounds"]:
-        kept = " (kept)" if r["round"] == summary["student"]["round"] else ""
-        over = " (over limit)" if r.get("over_forgetting_limit") else ""
-        lost = r.get("forgetting")
-        probe = f"{lost['probe_student']:.1%} ({lost['probe_change']:+.1%})" if lost else "-"
-        rows.append((f"student, round {r['round']}{kept}{over}", _score(r["test_accuracy"], r.get("test_ci")),
-                     probe, *_lost(lost)))
+        rows.append(_candidate_row(f"student, round {r['round']}", r, r["round"] == student["round"] and not merged))
+    sweep = summary.get("merge_sweep") or {"points": []}
+    for point in sweep["points"][1:]:
+        kept = bool(merged) and point["strength"] == merged["strength"]
+        rows.append(_candidate_row(f"round {sweep['round']} merged at {point['strength']:g} ({sweep['method']})",
+                                   point, kept))
     return rows
 
 
@@ -50,13 +63,19 @@ def difference_line(name: str, diff: dict | None) -> str:
             f"{verdict} (paired bootstrap).\n")
 
 
+def merge_words(student: dict) -> str:
+    merged = student.get("merge")
+    return f", merged back toward the base at {merged['strength']:g} ({merged['method']})" if merged else ""
+
+
 def summary_markdown(summary: dict) -> str:
     student = summary["student"]
     spent = summary["teacher_requests"]
     limit = summary.get("forgetting_limit")
     limit_line = f"Forgetting limit: {limit:.0%} of probe accuracy.\n" if limit is not None else ""
     return (f"# {summary['task']}\n\n{results_table(summary)}\n\n"
-            f"Kept: round {student['round']} ({student['accuracy']:.1%}), {student['model']}\n\n"
+            f"Kept: round {student['round']}{merge_words(student)} ({student['accuracy']:.1%}), "
+            f"{student['model']}\n\n"
             f"{difference_line('teacher', summary.get('vs_teacher'))}"
             f"{difference_line('base', summary.get('vs_base'))}{limit_line}\n"
             f"Test items: {summary['test_items']}. Teacher requests for training data: {spent['spent']} of "

@@ -1,0 +1,80 @@
+"""The merge sweep that ends a run: the kept student merged back toward its base at several strengths,
+each evaluated like a round, and the best on dev inside the forgetting limit kept."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from protege.cli import main
+from protege.merge_sweep import keep_best
+from protege.pipeline import kept_student
+
+from test_e2e import FAST
+
+
+def point(strength, dev, change, over, test=0.5):
+    return {"strength": strength, "dev_accuracy": dev, "test_accuracy": test, "test_ci": [0, 1], "model": f"m{strength}",
+            "test_records": f"r{strength}", "forgetting": {"probe_change": change}, "over_forgetting_limit": over}
+
+
+def closer(p):
+    return -p["strength"]
+
+
+def test_keep_best_takes_the_best_dev_inside_the_limit_and_the_weaker_merge_on_a_tie():
+    points = [point(1.0, 0.9, -0.3, True), point(0.6, 0.8, -0.08, False), point(0.4, 0.8, -0.04, False),
+              point(0.2, 0.5, -0.01, False)]
+    assert keep_best(points, closer)["strength"] == 0.4  # 0.6 ties on dev but forgets more
+    points[2]["dev_accuracy"] = 0.7
+    assert keep_best(points, closer)["strength"] == 0.6
+    for p in points:
+        p["over_forgetting_limit"] = True
+    assert keep_best(points, closer)["strength"] == 0.2  # none inside: the one that forgot least
+
+
+def test_kept_student_is_the_sweeps_choice_with_its_own_test_score():
+    rounds = [{"round": 0, **point(1.0, 0.9, -0.3, True, test=0.95)}]
+    sweep = {"method": "task_arithmetic", "chosen": 0.5, "points": [rounds[0] | {"strength": 1.0},
+                                                                     point(0.5, 0.85, -0.02, False, test=0.9)]}
+    student = kept_student(rounds, sweep)
+    assert student["merge"] == {"method": "task_arithmetic", "strength": 0.5}
+    assert (student["accuracy"], student["model"], student["records"]) == (0.9, "m0.5", "r0.5")
+    assert kept_student(rounds, sweep | {"chosen": 1.0})["merge"] is None
+    assert kept_student(rounds, None)["model"] == "m1.0"
+
+
+def test_strengths_must_lie_strictly_between_0_and_1():
+    from protege.config import MergeSweepConfig
+    assert MergeSweepConfig(strengths=[0.3, 0.7, 0.3]).strengths == [0.7, 0.3]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        MergeSweepConfig(strengths=[1.0])
+
+
+def test_run_ends_with_a_sweep_that_merges_toward_the_base(tmp_path, examples_dir):
+    run_dir = tmp_path / "run"
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *FAST, "--set", "rounds=1",
+                 "--set", "forgetting.limit=0.5", "--set", "merge.strengths=[0.5]"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sweep = summary["merge_sweep"]
+    assert [p["strength"] for p in sweep["points"]] == [1.0, 0.5]
+    inside = [p for p in sweep["points"] if not p["over_forgetting_limit"]]
+    assert sweep["chosen"] == max(inside, key=lambda p: (p["dev_accuracy"], -p["strength"]))["strength"]
+    half = Path(sweep["points"][1]["model"])
+    assert half.parent.name.startswith("merge-0.5")
+    assert_halfway(half, Path(summary["rounds"][0]["model"]), tmp_path)
+    assert "merged at 0.5" in (run_dir / "summary.md").read_text()
+    assert 'id="merge-sweep"' in (run_dir / "report.html").read_text()
+
+
+def assert_halfway(merged: Path, adapter: Path, scratch: Path):
+    """Each merged weight is base + 0.5 * (student - base), the student being the adapter merged in."""
+    from protege.models import model_dir, save_merged
+    base = model_dir("tiny:0")
+    student = load_file(save_merged(base, adapter, scratch / "student") / "model.safetensors")
+    origin, half = load_file(base / "model.safetensors"), load_file(merged / "model.safetensors")
+    name = next(n for n in origin if "q_proj" in n)
+    assert not torch.equal(student[name], origin[name])
+    torch.testing.assert_close(half[name], origin[name] + 0.5 * (student[name] - origin[name]))
