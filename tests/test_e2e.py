@@ -191,3 +191,21 @@ def test_serve_refuses_an_unset_api_key_variable(capsys, monkeypatch):
     monkeypatch.delenv("PROTEGE_TEST_NO_SUCH_KEY", raising=False)
     assert main(["serve", "tiny:0", "--api-key-env", "PROTEGE_TEST_NO_SUCH_KEY"]) == 2
     assert "PROTEGE_TEST_NO_SUCH_KEY" in capsys.readouterr().err
+
+
+def test_serve_proxy_flags_come_all_together_and_without_a_model(capsys):
+    assert main(["serve", "--proxy-base", "tiny:0", "--proxy-expert", "tiny:1"]) == 2
+    assert "--proxy-anti" in capsys.readouterr().err
+    assert main(["serve", "tiny:0", "--proxy-base", "tiny:0", "--proxy-expert", "tiny:1", "--proxy-anti", "tiny:2"]) == 2
+    assert main(["serve"]) == 2
+
+
+def test_serve_takes_an_adapter_directory_as_model(tmp_path):
+    """A LoRA adapter has no config.json: `protege serve ADAPTER --base B` must not refuse it."""
+    from peft import LoraConfig, get_peft_model
+    from protege.cli import model_or_adapter
+    from protege.models import load_model, model_dir
+    model, _ = load_model(model_dir("tiny:0"))
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    assert model_or_adapter(str(tmp_path / "adapter")) == (tmp_path / "adapter").resolve()
+    assert model_or_adapter("tiny:0") == model_dir("tiny:0")

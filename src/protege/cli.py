@@ -119,6 +119,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def model_or_adapter(spec: str) -> Path:
+    """A LoRA adapter directory has no config.json, so model_dir would refuse it."""
+    from .models import is_adapter, model_dir
+    return Path(spec).resolve() if is_adapter(Path(spec)) else model_dir(spec)
+
+
+def proxy_spec(args):
+    """--proxy-base/--proxy-expert/--proxy-anti: all three or none."""
+    from .models import model_dir
+    from .serve.proxy import ProxySpec
+    given = [args.proxy_base, args.proxy_expert, args.proxy_anti]
+    if not any(given):
+        if not args.model:
+            raise ConfigError("serve:1: field 'model': give MODEL, or --proxy-base, --proxy-expert and --proxy-anti")
+        return None
+    if not all(given) or args.model:
+        raise ConfigError("serve:1: field 'proxy': proxy-tuning needs all of --proxy-base, --proxy-expert and "
+                          "--proxy-anti, and no MODEL")
+    return ProxySpec(model_dir(args.proxy_base), model_or_adapter(args.proxy_expert), model_dir(args.proxy_anti),
+                     args.proxy_alpha)
+
+
 def cmd_serve(args) -> int:
     import os
     from .models import model_dir, pick_device
@@ -126,16 +148,18 @@ def cmd_serve(args) -> int:
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.api_key_env and not key:
         raise ConfigError(f"--api-key-env {args.api_key_env}:1: field 'api_key_env': the variable is not set")
-    serve(model_dir(args.model), host=args.host, port=args.port, api_key=key, model_name=args.model_name,
-          max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
-          device=pick_device(args.device), base=model_dir(args.base) if args.base else None)
+    proxy = proxy_spec(args)
+    serve(model_or_adapter(args.model) if args.model else None, host=args.host, port=args.port, api_key=key,
+          model_name=args.model_name, max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
+          device=pick_device(args.device), base=model_dir(args.base) if args.base else None, proxy=proxy)
     return 0
 
 
 def add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible API (/v1)",
-                       description="serve MODEL (a model directory, or an adapter with --base) at /v1")
-    p.add_argument("model", help="model or adapter directory (or embedded:NAME / tiny:SEED)")
+                       description="serve MODEL (a model directory, or an adapter with --base) at /v1; or, "
+                       "proxy-tuned, BIG's next-token scores plus (TUNED - BASE)'s")
+    p.add_argument("model", nargs="?", help="model or adapter directory (or embedded:NAME / tiny:SEED)")
     p.add_argument("--base", help="base model directory when MODEL is a LoRA adapter")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -144,6 +168,10 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body accepted")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("--proxy-base", metavar="BIG", help="proxy-tuning: the large model whose scores are steered")
+    p.add_argument("--proxy-expert", metavar="TUNED", help="proxy-tuning: the small tuned model (or its adapter)")
+    p.add_argument("--proxy-anti", metavar="BASE", help="proxy-tuning: the small model TUNED was tuned from")
+    p.add_argument("--proxy-alpha", type=float, default=1.0, help="proxy-tuning: weight of (TUNED - BASE)")
     p.set_defaults(fn=cmd_serve)
 
 

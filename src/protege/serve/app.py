@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..evaluate.generate import chat_prompts
 from .batching import Batcher, Generation
+from .proxy import ProxySpec
 
 STREAM_PIECE_CHARS = 16
 
@@ -245,18 +246,24 @@ def close_on_exit(batcher: Batcher):
     return lifespan
 
 
-def build_app(model_dir: Path, api_key: str | None = None, max_tokens_limit: int = 2048,
+def build_app(model_dir: Path | None = None, api_key: str | None = None, max_tokens_limit: int = 2048,
               max_request_bytes: int = 1_000_000, model_name: str | None = None, device: str = "cpu",
-              base: Path | None = None, max_batch: int = 8, batch_wait_ms: float = 10.0) -> FastAPI:
+              base: Path | None = None, max_batch: int = 8, batch_wait_ms: float = 10.0,
+              proxy: ProxySpec | None = None) -> FastAPI:
     """An app serving `model_dir` (with `base`, model_dir is a LoRA adapter or fine-tuned directory
-    loaded on top of it). `app.state.server.batcher.batch_sizes` records the batches run."""
+    loaded on top of it), or with `proxy` (and no model_dir), a large model proxy-tuned by a small pair.
+    `app.state.server.batcher.batch_sizes` records the batches run."""
     from ..models import load_model
 
-    model_dir = Path(model_dir)
-    model, tokenizer = (load_model(Path(base), device, adapter=model_dir) if base
-                        else load_model(model_dir, device))
+    if proxy is not None:
+        (model, tokenizer), default_name = proxy.load(device), proxy.name
+    else:
+        model_dir = Path(model_dir)
+        model, tokenizer = (load_model(Path(base), device, adapter=model_dir) if base
+                            else load_model(model_dir, device))
+        default_name = model_dir.name
     batcher = Batcher(model, tokenizer, max_batch=max_batch, wait_ms=batch_wait_ms)
-    server = Server(model, tokenizer, model_name or model_dir.name, api_key, max_tokens_limit,
+    server = Server(model, tokenizer, model_name or default_name, api_key, max_tokens_limit,
                     max_request_bytes, batcher)
     app = FastAPI(title="protege", lifespan=close_on_exit(batcher))
     app.state.server = server
@@ -265,7 +272,7 @@ def build_app(model_dir: Path, api_key: str | None = None, max_tokens_limit: int
     return app
 
 
-def serve(model_dir: Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+def serve(model_dir: Path | None, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           **options) -> None:
     """Blocks until interrupted. `options` go to build_app (limits, model_name, device, base, ...)."""
     import uvicorn
