@@ -209,3 +209,17 @@ def test_serve_takes_an_adapter_directory_as_model(tmp_path):
     get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
     assert model_or_adapter(str(tmp_path / "adapter")) == (tmp_path / "adapter").resolve()
     assert model_or_adapter("tiny:0") == model_dir("tiny:0")
+
+
+def test_merge_command_runs_a_yaml_and_names_a_bad_field(tmp_path, capsys):
+    from protege.models import model_dir
+    base = model_dir("tiny:0")
+    good = tmp_path / "merge.yaml"
+    good.write_text(f"merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n"
+                    f"  - model: {model_dir('tiny:1')}\n    parameters: {{weight: 0.5}}\n")
+    assert main(["merge", str(good), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("weight: 0.5", "wieght: 0.5"))
+    assert main(["merge", str(bad), "--out", str(tmp_path / "nothing")]) == 2
+    assert f"{bad}:5" in capsys.readouterr().err and not (tmp_path / "nothing").exists()

@@ -119,6 +119,59 @@ def cmd_report(args) -> int:
     return 0
 
 
+def kept_in_run(target: Path) -> tuple[Path, Path | None]:
+    """A run directory stands for the student it kept (and that student's base)."""
+    summary = json.loads((target / "summary.json").read_text())
+    student = summary["student"]
+    return Path(student["model"]), Path(student["base"]) if student.get("base") else None
+
+
+def cmd_export(args) -> int:
+    from .export import export_model
+    target, base = Path(args.model), Path(args.base) if args.base else None
+    if (target / "summary.json").is_file():
+        target, run_base = kept_in_run(target)
+        base = base or run_base
+    elif not target.is_dir():
+        target = model_or_adapter(args.model)
+    formats = [f for f in args.format.split(",") if f]
+    written = export_model(target, Path(args.out), formats, base, args.gguf_dtype)
+    print(json.dumps({name: str(path) for name, path in written.items()}, indent=2))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .merge.config import MergeError, merge_from_yaml
+    try:
+        print(f"merged: {merge_from_yaml(Path(args.config), Path(args.out) if args.out else None)}")
+    except MergeError as exc:  # models that cannot be merged (shapes, missing tensors): not a config typo
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="merge models or LoRA adapters as a mergekit-style YAML says",
+                       description="merge (linear, task_arithmetic, ties, dare_linear, breadcrumbs, lines) the "
+                       "models a mergekit-style YAML names, tensor by tensor")
+    p.add_argument("config", help="merge YAML: merge_method, base_model, models [{model, parameters}], parameters")
+    p.add_argument("--out", help="output directory (default: the YAML's out, else merged/ beside it)")
+    p.set_defaults(fn=cmd_merge)
+
+
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a student as a safetensors directory, a peft adapter or GGUF",
+                       description="export MODEL (a model or adapter directory, or a run directory: its kept "
+                       "student) as hf (merged safetensors + tokenizer + chat template), adapter (peft) or gguf "
+                       "(llama family; checked by loading it back with transformers' GGUF loader)")
+    p.add_argument("model", help="model or adapter directory, a run directory, or embedded:NAME / tiny:SEED")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", default="hf", help="comma-separated: hf, adapter, gguf (default: hf)")
+    p.add_argument("--base", help="the adapter's base model (default: the run's, or adapter_config.json's)")
+    p.add_argument("--gguf-dtype", default="f16", choices=["f32", "f16", "q8_0"], help="GGUF tensor type")
+    p.set_defaults(fn=cmd_export)
+
+
 def model_or_adapter(spec: str) -> Path:
     """A LoRA adapter directory has no config.json, so model_dir would refuse it."""
     from .models import is_adapter, model_dir
@@ -191,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-screenshot", action="store_true", help="skip the headless-Chromium screenshot")
     report.set_defaults(fn=cmd_report)
     add_serve_parser(sub)
+    add_export_parser(sub)
+    add_merge_parser(sub)
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("task", help="task directory (holding task.yaml) or a task YAML file")

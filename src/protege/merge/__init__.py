@@ -4,7 +4,9 @@ Every method is a pure function over ONE tensor name at a time:
 `fn(base, finetuned, weights, **params) -> Tensor`, where `finetuned` holds that tensor from each
 fine-tuned model and `weights` one weight per model. A method that needs per-tensor context declares
 it as keyword parameters, which `merge_tensor` fills in: `name` (the tensor's name) and `num_layers`
-(the model's layer count). Maths run in float32; the result has the base tensor's dtype.
+(the model's layer count). A parameter that mergekit sets per model (TIES and breadcrumbs densities,
+DARE's drop rate) takes one value for all models or a list with one value each (`per_model`). Maths
+run in float32; the result has the base tensor's dtype.
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def weighted_sum(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tens
     if len(deltas) != len(weights):
         raise ValueError(f"{len(deltas)} task vectors but {len(weights)} weights")
     return sum(weight * delta for weight, delta in zip(weights, deltas))
+
+
+def per_model(value: float | list[float], count: int) -> list[float]:
+    """One value for each of `count` models, from a shared value or a per-model list."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count:
+        raise ValueError(f"{count} task vectors but {len(values)} per-model values")
+    return values
 
 
 def apply(base: torch.Tensor, update: torch.Tensor) -> torch.Tensor:

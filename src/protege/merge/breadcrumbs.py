@@ -2,28 +2,42 @@
 `beta` fraction of entries by magnitude (outliers) and the bottom `gamma` fraction (negligible
 changes), then add what is left as task arithmetic does: base + scale * sum_i w_i masked_i.
 
-Counts are int(beta * numel) and int(gamma * numel), as mergekit rounds; when they overlap the
-whole tensor is dropped.
+Counts are int(beta * numel) and int(gamma * numel); when they overlap the whole tensor is dropped.
+mergekit instead names the fraction kept, `density` (its `gamma` is the paper's beta): when `density`
+is given, int(density * numel) entries are kept and the bottom drop is whatever remains, as mergekit
+counts (deriving gamma = 1 - density - beta first would round differently). Each of beta, gamma and
+density is one value or one per model.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import apply, register, task_vectors, weighted_sum
+from . import apply, per_model, register, task_vectors, weighted_sum
 
 
-def keep_middle(delta: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
+def keep_middle(delta: torch.Tensor, beta: float, gamma: float, density: float | None = None) -> torch.Tensor:
     count = delta.numel()
-    top, bottom = int(beta * count), int(gamma * count)
+    top = int(beta * count)
+    if density is None:
+        bottom = int(gamma * count)
+        kept = max(count - top - bottom, 0)
+    else:
+        kept = int(density * count)
+        # as mergekit: when the outliers and the kept share overlap, fewer outliers are dropped
+        bottom = max(count - kept - top, 0)
     order = torch.argsort(delta.abs().flatten())  # ascending magnitude
     mask = torch.zeros(count, dtype=torch.bool)
-    mask[order[bottom:count - top]] = True
+    mask[order[bottom:bottom + kept]] = True
     return delta * mask.view(delta.shape)
 
 
 @register("breadcrumbs")
 def breadcrumbs(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
-                beta: float = 0.01, gamma: float = 0.85, scale: float = 1.0) -> torch.Tensor:
-    deltas = [keep_middle(delta, beta, gamma) for delta in task_vectors(base, finetuned)]
-    return apply(base, scale * weighted_sum(deltas, weights))
+                beta: float | list[float] = 0.01, gamma: float | list[float] = 0.85,
+                density: float | list[float] | None = None, scale: float = 1.0) -> torch.Tensor:
+    deltas = task_vectors(base, finetuned)
+    count = len(deltas)
+    fractions = zip(per_model(beta, count), per_model(gamma, count), per_model(density, count))
+    masked = [keep_middle(delta, *fraction) for delta, fraction in zip(deltas, fractions)]
+    return apply(base, scale * weighted_sum(masked, weights))

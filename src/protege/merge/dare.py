@@ -1,7 +1,7 @@
 """DARE (Yu et al., 2024): drop each entry of each task vector with probability `drop`, rescale the
 survivors by 1 / (1 - drop) so the expected task vector is unchanged, then add them as task
-arithmetic does. The random mask is seeded by (seed, tensor name, model index), so a tensor's
-result does not depend on the order in which tensors are merged.
+arithmetic does. `drop` is one rate or one per model. The random mask is seeded by (seed, tensor
+name, model index), so a tensor's result does not depend on the order in which tensors are merged.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import zlib
 
 import torch
 
-from . import apply, register, task_vectors, weighted_sum
+from . import apply, per_model, register, task_vectors, weighted_sum
 
 
 def mask_seed(seed: int, name: str, index: int) -> int:
@@ -30,7 +30,9 @@ def drop_and_rescale(delta: torch.Tensor, drop: float, seed: int) -> torch.Tenso
 
 @register("dare")
 def dare(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float], name: str = "",
-         drop: float = 0.9, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
-    deltas = [drop_and_rescale(delta, drop, mask_seed(seed, name, index))
-              for index, delta in enumerate(task_vectors(base, finetuned))]
-    return apply(base, scale * weighted_sum(deltas, weights))
+         drop: float | list[float] = 0.9, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    deltas = task_vectors(base, finetuned)
+    rates = per_model(drop, len(deltas))
+    kept = [drop_and_rescale(delta, rates[index], mask_seed(seed, name, index))
+            for index, delta in enumerate(deltas)]
+    return apply(base, scale * weighted_sum(kept, weights))

@@ -2,22 +2,24 @@
 magnitude, elect each entry's sign by the total weighted mass, then average only the entries that
 agree with the elected sign (disjoint mean) and add `scale` times that to the base.
 
-Conventions follow mergekit: k = int(density * numel) entries kept; a zero total elects +;
-the disjoint mean is weighted, sum(w_i d_i over agreeing i) / sum(w_i over agreeing i).
+Conventions follow mergekit: k = int(density * numel) entries kept, but at least one while density
+is above 0 (a 64-entry norm at density 0.01 keeps its largest change); a zero total elects +; the
+disjoint mean is weighted, sum(w_i d_i over agreeing i) / sum(w_i over agreeing i). `density` is one
+value or one per model.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import apply, register, task_vectors
+from . import apply, per_model, register, task_vectors
 
 
 def keep_largest(delta: torch.Tensor, density: float) -> torch.Tensor:
     """The delta with all but its int(density * numel) largest-magnitude entries zeroed."""
     if density >= 1:
         return delta
-    keep = int(density * delta.numel())
+    keep = max(1, int(density * delta.numel())) if density > 0 else 0
     mask = torch.zeros(delta.numel(), dtype=torch.bool)
     mask[torch.topk(delta.abs().flatten(), keep).indices] = True
     return delta * mask.view(delta.shape)
@@ -35,6 +37,7 @@ def disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Ten
 
 @register("ties")
 def ties(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
-         density: float = 0.2, scale: float = 1.0) -> torch.Tensor:
-    trimmed = [keep_largest(delta, density) for delta in task_vectors(base, finetuned)]
+         density: float | list[float] = 0.2, scale: float = 1.0) -> torch.Tensor:
+    deltas = task_vectors(base, finetuned)
+    trimmed = [keep_largest(delta, kept) for delta, kept in zip(deltas, per_model(density, len(deltas)))]
     return apply(base, scale * disjoint_mean(trimmed, weights))
