@@ -1,20 +1,69 @@
-"""A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol, for tests.
-`reply(messages) -> str` writes the answers; `fail_every` makes every Nth request a 500."""
+"""A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol, for tests and
+benchmarks. `reply(messages) -> str` writes the answers; `fail_every` makes every Nth request a 500;
+`delay` answers after a fixed delay; `fault(body, attempt) -> kind | None` injects faults (see
+`seeded_faults`): a hung request ("timeout"), an HTTP error status ("429" and "503" with
+Retry-After, "500", "401", ...), "garbage" JSON, a connection dropped without an answer ("drop"), or
+an "empty" answer.
+
+Usage counts words: prompt_tokens is the number of whitespace-separated words in the messages,
+completion_tokens the number in the reply, so tests can count tokens by hand."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+FAULTS = ("timeout", "429", "500", "garbage", "drop", "empty")
+
+Fault = Callable[[dict, int], "str | None"]
+
+
+def seeded_faults(rate: float, seed: int = 0, kinds: tuple[str, ...] = FAULTS) -> Fault:
+    """A fault for the attempt-th arrival of a request body, chosen by a hash of (seed, body, attempt):
+    the same requests meet the same faults in whatever order concurrency delivers them."""
+    def fault(body: dict, attempt: int) -> str | None:
+        blob = f"{seed}|{attempt}|{json.dumps(body, sort_keys=True)}".encode()
+        h = hashlib.sha256(blob).digest()
+        if int.from_bytes(h[:8], "big") / 2 ** 64 >= rate:
+            return None
+        return kinds[h[8] % len(kinds)]
+    return fault
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def completion(n: int, model: str, messages: list[dict], text: str) -> dict:
+    prompt = sum(words(m.get("content") or "") for m in messages)
+    return {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": words(text),
+                      "total_tokens": prompt + words(text)}}
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # the default 5 resets connections when dozens open at once
+
 
 class StubServer:
-    def __init__(self, reply: Callable[[list[dict]], str], fail_every: int = 0):
-        self.reply, self.fail_every = reply, fail_every
-        self.requests = 0
+    def __init__(self, reply: Callable[[list[dict]], str], fail_every: int = 0, fault: Fault | None = None,
+                 delay: float = 0.0, stall: float = 5.0, retry_after: str = "0"):
+        self.reply, self.fail_every, self.fault = reply, fail_every, fault
+        self.delay, self.stall, self.retry_after = delay, stall, retry_after
+        self.requests = 0  # every request that arrived, faulty or not
+        self.answered = 0  # good answers written out in full
+        self.in_flight = self.max_in_flight = 0
+        self.faults: Counter = Counter()  # kind -> times injected
+        self._seen: Counter = Counter()  # request body -> arrivals, so a fault plan can tell retries apart
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._closing = threading.Event()
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -26,38 +75,87 @@ class StubServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()  # wakes hung (timeout-fault) requests
         self.httpd.shutdown()
         self.httpd.server_close()
 
-    def _count(self) -> int:
+    def _arrive(self, body: dict) -> tuple[int, int]:
+        """The request's number, and how many times this same body came before."""
+        key = json.dumps(body, sort_keys=True)
         with self._lock:
             self.requests += 1
-            return self.requests
+            self._seen[key] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return self.requests, self._seen[key] - 1
+
+    def _leave(self, answered: bool) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.answered += answered
+
+    def _fault_of(self, n: int, body: dict, attempt: int) -> str | None:
+        if self.fail_every and n % self.fail_every == 0:
+            kind = "500"
+        else:
+            kind = self.fault(body, attempt) if self.fault else None
+        if kind:
+            with self._lock:
+                self.faults[kind] += 1
+        return kind
 
     def _handler(self):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints do
+            # headers and body go out in two writes; with Nagle on, the second waits ~40 ms for an ACK
+            disable_nagle_algorithm = True
+
             def log_message(self, *args):
                 pass
 
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, code: int, data: bytes, headers: dict | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _error(self, code: int, message: str, headers: dict | None = None) -> None:
+                self._send(code, json.dumps({"error": {"message": message}}).encode(), headers)
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                n = server._count()
-                if server.fail_every and n % server.fail_every == 0:
-                    return self._send(500, {"error": {"message": "injected failure"}})
-                text = server.reply(body["messages"])
-                self._send(200, {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": body["model"],
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": text}}],
-                                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+                n, attempt = server._arrive(body)
+                answered = False
+                try:
+                    if server.delay:
+                        time.sleep(server.delay)
+                    answered = self._answer(n, body, server._fault_of(n, body, attempt))
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (its timeout) before the answer was written
+                finally:
+                    server._leave(answered)
+
+            def _answer(self, n: int, body: dict, kind: str | None) -> bool:
+                """Write the answer or the fault; True when a good answer went out."""
+                if kind in ("timeout", "drop"):
+                    if kind == "timeout":
+                        server._closing.wait(server.stall)
+                    self.close_connection = True  # hang up without a word
+                    return False
+                if kind and kind.isdigit():  # an HTTP error status: "429", "500", "401", ...
+                    wait = {"Retry-After": server.retry_after} if kind in ("429", "503") else None
+                    self._error(int(kind), f"injected {kind}", wait)
+                elif kind == "garbage":
+                    self._send(200, b'{"id": "c", "choices": [{"message": {"content": "trunc')
+                else:
+                    text = "" if kind == "empty" else server.reply(body["messages"])
+                    self._send(200, json.dumps(completion(n, body["model"], body["messages"], text)).encode())
+                    return kind is None
+                return False
 
         return Handler

@@ -56,7 +56,8 @@ def test_strengths_must_lie_strictly_between_0_and_1():
 def test_run_ends_with_a_sweep_that_merges_toward_the_base(tmp_path, examples_dir):
     run_dir = tmp_path / "run"
     assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *FAST, "--set", "rounds=1",
-                 "--set", "forgetting.limit=0.5", "--set", "merge.strengths=[0.5]"]) == 0
+                 "--set", "forgetting.limit=0.5", "--set", "merge.strengths=[0.5]",
+                 "--set", "export.formats=[hf,gguf]", "--set", "export.gguf_dtype=f32"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     sweep = summary["merge_sweep"]
     assert [p["strength"] for p in sweep["points"]] == [1.0, 0.5]
@@ -67,6 +68,23 @@ def test_run_ends_with_a_sweep_that_merges_toward_the_base(tmp_path, examples_di
     assert_halfway(half, Path(summary["rounds"][0]["model"]), tmp_path)
     assert "merged at 0.5" in (run_dir / "summary.md").read_text()
     assert 'id="merge-sweep"' in (run_dir / "report.html").read_text()
+    assert_exported_the_kept_student(run_dir, summary, tmp_path)
+
+
+def assert_exported_the_kept_student(run_dir: Path, summary: dict, tmp_path: Path):
+    """protege run wrote export/ (hf and a checked GGUF) of the student it kept; protege export takes a
+    run directory for its kept student, and a round's LoRA adapter with its base from the run."""
+    from transformers import AutoModelForCausalLM
+    exported = json.loads((run_dir / "export" / "export.json").read_text())
+    assert exported["model"] == summary["student"]["model"] and exported["gguf"]["passed"]
+    kept = AutoModelForCausalLM.from_pretrained(run_dir / "export" / "hf")
+    assert kept.config.num_hidden_layers == 2
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "hf" / "model.safetensors").read_bytes() == \
+        (run_dir / "export" / "hf" / "model.safetensors").read_bytes()
+    adapter = summary["rounds"][0]["model"]
+    assert main(["export", adapter, "--out", str(tmp_path / "adapter"), "--format", "adapter"]) == 0
+    assert (tmp_path / "adapter" / "adapter" / "adapter_config.json").is_file()
 
 
 def assert_halfway(merged: Path, adapter: Path, scratch: Path):

@@ -193,3 +193,24 @@ def test_data_of_the_wrong_shape_fails_with_file_and_line_and_writes_no_stage(tm
         f"error: {data}:1: dpo trains on a preference pair {{prompt, chosen, rejected}}; this row has no "
         "prompt, chosen, rejected")
     assert not list((tmp_path / "run").glob("stages/train-*")) and not list((tmp_path / "run").glob("stages/.*"))
+
+
+@pytest.mark.parametrize("packing", ["padding-free", "bfd", "none"])
+def test_as_given_order_feeds_batches_in_the_files_order(tmp_path, packing):
+    """A curriculum orders the data: with data_order as-given no packing, shuffle or length grouping
+    may reorder it, so the first batch holds the first examples."""
+    from trl import SFTTrainer
+    from protege.train.sft import sft_config, tokenized_dataset
+    tokenizer = AutoTokenizer.from_pretrained(model_dir("tiny:0"))
+    records = [sft_record("Repeat.", "x" * (40 - 3 * i), "y" * (1 + i), "teacher", 0) for i in range(12)]
+    cfg = TrainConfig(batch_size=4, packing=packing, data_order="as-given", report_to=["none"])
+    dataset = tokenized_dataset(tokenizer, records, cfg.max_length)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir("tiny:0")),
+                         args=sft_config(cfg, tmp_path, "cpu"), train_dataset=dataset, processing_class=tokenizer)
+    first = next(iter(trainer.get_train_dataloader()))
+    rows = dataset["input_ids"][:4]
+    if packing == "padding-free":  # one row: the examples back to back, in order
+        assert first["input_ids"][0].tolist() == [token for row in rows for token in row]
+    else:
+        assert first["input_ids"].shape == (4, max(len(row) for row in rows))
+        assert first["input_ids"][0, :len(rows[0])].tolist() == rows[0]

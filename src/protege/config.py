@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -26,19 +26,31 @@ class Example(Strict):
 
 
 class TeacherConfig(Strict):
-    kind: Literal["function", "openai", "self"] = Field(
+    kind: Literal["function", "openai", "local", "self"] = Field(
         "function", description="function: a Python callable; openai: any OpenAI-compatible endpoint; "
+        "local: a Hugging Face model run in this process (vLLM where installed and a GPU is there); "
         "self: the student samples answers and a verifier keeps those that pass.")
     function: str = Field("", description="module:attr of the teacher callable (kind=function); "
                           "modules are looked up in the task directory first.")
     base_url: str = Field("", description="Endpoint of an OpenAI-compatible server (kind=openai).")
-    model: str = Field("", description="Model name sent to the endpoint (kind=openai).")
+    model: str = Field("", description="kind=openai: the model name sent to the endpoint; kind=local: "
+                       "embedded:NAME, tiny:SEED or a local Hugging Face model directory.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
     temperature: float = Field(0.0, description="Sampling temperature for answers.")
     max_tokens: int = Field(512, gt=0, description="Largest reply the teacher may write.")
-    concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="Retries (with backoff) after a failed request.")
-    timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned.")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once (kind=openai).")
+    max_retries: int = Field(5, ge=0, description="Retries after a timeout, a lost connection, 429, 5xx or a "
+                             "malformed or empty reply (kind=openai); after the last one the request counts "
+                             "as failed (or dropped, when its replies were unusable) and gives no data.")
+    retry_base_delay: float = Field(0.5, ge=0, description="Seconds before the first retry; each further one "
+                                    "waits up to twice as long (randomly between half and all of that), up to "
+                                    "retry_max_delay. A 429 or 503 with Retry-After waits what it says.")
+    retry_max_delay: float = Field(8.0, ge=0, description="Longest backoff between two tries, in seconds.")
+    timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned (and retried).")
+    batch_size: int = Field(16, gt=0, description="Requests generated together by a local teacher "
+                            "(kind=local); each batch is cached as it finishes.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where a local teacher runs "
+                                                   "(kind=local); auto: a GPU when one is there.")
     samples: int = Field(4, gt=0, description="Answers sampled per input by the self teacher.")
     verifier: str = Field("", description="module:attr(input, answer) -> bool used by the self teacher; "
                           "by default an answer is verified against the reference when there is one.")
@@ -60,9 +72,107 @@ class SynthConfig(Strict):
     mine_size: int = Field(200, ge=0, description="Training items the student is tested on to find failures.")
 
 
-class CurateConfig(Strict):
-    dedup: bool = Field(True, description="Drop examples whose normalized input repeats an earlier one.")
-    decontaminate: bool = Field(True, description="Drop examples whose normalized input is in the test set.")
+class DecontaminateStep(Strict):
+    name: Literal["decontaminate"] = Field("decontaminate", description="Drop examples that repeat a test or "
+                                           "dev input: exactly, by word n-grams, or (when set) by embedding.")
+    ngram: int = Field(8, gt=0, description="Words per n-gram compared with the test and dev inputs.")
+    ngram_overlap: float = Field(0.9, gt=0, le=1, description="Drop an example when this share of its n-grams "
+                                 "occurs in the test or dev inputs: the same text with a word or two changed. "
+                                 "Lower values flag inputs that merely share the task's template; inputs "
+                                 "shorter than ngram words are matched exactly only.")
+    embedding_threshold: float | None = Field(None, gt=0, le=1, description="Also drop an example whose input "
+                                              "embedding has at least this cosine similarity with a test or dev "
+                                              "input (0.85 suits free text). Empty: off; templated inputs (dates, "
+                                              "sums) are all close to each other.")
+
+
+class DedupStep(Strict):
+    name: Literal["dedup"] = Field("dedup", description="Drop exact and near-duplicate examples; the first wins.")
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity of the inputs' character "
+                                  "shingles (found with MinHash LSH, confirmed exactly) at or above which an "
+                                  "example is a near-duplicate of an earlier one; 1: exact duplicates only.")
+    shingle: int = Field(5, gt=0, description="Characters per shingle of the normalized input.")
+    same_answer: bool = Field(True, description="A near-duplicate must also have the same answer: inputs that "
+                              "differ in one number and have different answers both teach something.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: fewer missed pairs, slower).")
+
+
+class DiversityStep(Strict):
+    name: Literal["diversity"] = Field("diversity", description="Keep a subset spread over k-means clusters of "
+                                       "the inputs' embeddings (Diversify and Conquer).")
+    keep: float = Field(0.5, gt=0, le=1, description="Share of the examples kept (when size is 0).")
+    size: int = Field(0, ge=0, description="Examples kept; 0: the keep share.")
+    clusters: int = Field(0, ge=0, description="k of k-means; 0: the square root of the number of examples.")
+    allocation: Literal["proportional", "balanced"] = Field(
+        "proportional", description="How many each cluster keeps: proportional to its size (the paper's kMQ), "
+        "or balanced (equal shares, so rare kinds of input weigh as much as common ones).")
+
+
+class QualityStep(Strict):
+    name: Literal["quality"] = Field("quality", description="A judge scores each teacher answer 1-10; "
+                                     "examples under min_score are dropped.")
+    min_score: int = Field(7, ge=1, le=10, description="Lowest judge score kept.")
+    rubric: str = Field("Is the answer correct, complete, and in the form the task asks for?",
+                        description="What the judge weighs.")
+
+
+class PerplexityStep(Strict):
+    name: Literal["perplexity"] = Field("perplexity", description="Drop the examples whose answer the base "
+                                        "student finds least likely (POINTS: low-perplexity data trains better).")
+    keep: float = Field(0.9, gt=0, le=1, description="Share of the examples kept, lowest perplexity first.")
+    max_perplexity: float | None = Field(None, gt=1, description="Also drop every answer above this perplexity; "
+                                         "empty: no cap.")
+
+
+class IFDStep(Strict):
+    name: Literal["ifd"] = Field("ifd", description="Instruction-Following Difficulty (Cherry LLM): perplexity "
+                                 "of the answer with its question over without; keep the hardest useful ones.")
+    max_ifd: float = Field(1.0, gt=0, description="Drop examples at or above this IFD: the question does not "
+                           "help predict the answer, so question and answer do not fit.")
+    keep: float = Field(1.0, gt=0, le=1, description="Then keep this share, highest IFD first (the paper: 0.05-0.1).")
+
+
+class CurriculumStep(Strict):
+    name: Literal["curriculum"] = Field("curriculum", description="Order the examples easy to hard; removes "
+                                        "nothing.")
+    by: Literal["perplexity", "ifd", "length"] = Field(
+        "perplexity", description="Difficulty: the base student's perplexity of the answer, its IFD, or the "
+        "length of input and answer in characters (no model needed).")
+
+
+class MixtureStep(Strict):
+    name: Literal["mixture"] = Field("mixture", description="Add general instructions (shipped with protege, "
+                                     "none from the forgetting probe) to limit forgetting.")
+    ratio: float = Field(0.1, gt=0, le=1, description="General examples added per task example (at most the "
+                         "whole pool of about 150).")
+    answer_by: Literal["student", "teacher"] = Field(
+        "student", description="student: the base student answers (self-replay: keeps its own general "
+        "behaviour, no teacher cost); teacher: the task's teacher answers (an LLM teacher only).")
+    max_new_tokens: int = Field(128, gt=0, description="Longest general answer the base student writes.")
+
+
+CurateStep = Annotated[Union[DecontaminateStep, DedupStep, DiversityStep, QualityStep, PerplexityStep, IFDStep,
+                             CurriculumStep, MixtureStep], Field(discriminator="name")]
+LEGACY_CURATE_ORDER = ("decontaminate", "dedup")
+
+
+class CurateConfig(RootModel[list[CurateStep]]):
+    root: list[CurateStep] = Field(default_factory=lambda: [DecontaminateStep(), DedupStep()],
+                                   description="Curation steps run in order: each a name or {name: ..., "
+                                   "options}; default decontaminate then dedup.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps(cls, value):
+        if isinstance(value, dict) and "name" not in value:
+            # the earlier form {dedup: true, decontaminate: true} switched two fixed steps on and off
+            unknown = set(value) - set(LEGACY_CURATE_ORDER)
+            if unknown:
+                raise ValueError(f"expected a list of steps, got unknown key(s) {sorted(unknown)}")
+            value = [name for name in LEGACY_CURATE_ORDER if value.get(name, True)]
+        if isinstance(value, list):
+            return [{"name": step} if isinstance(step, str) else step for step in value]
+        return value
 
 
 class TrainConfig(Strict):
@@ -114,6 +224,9 @@ class TrainConfig(Strict):
     grpo_max_steps: int = Field(50, description="grpo: optimizer steps of the grpo stage (-1: train.epochs); "
                                 "each step samples batch_size x grpo_generations completions.")
     grpo_beta: float = Field(0.0, ge=0, description="grpo: KL penalty to the reference (0: none, as in DAPO).")
+    data_order: Literal["shuffled", "as-given"] = Field(
+        "shuffled", description="as-given: batches follow the data file's order (a curriculum step sets it); "
+        "shuffled: a seeded shuffle each epoch.")
     save_steps: int = Field(50, gt=0, description="Checkpoint every this many steps; a killed run resumes "
                             "from the last one.")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"],
@@ -207,8 +320,20 @@ class MergeSweepConfig(Strict):
         return sorted(set(value), reverse=True)
 
 
+class ExportConfig(Strict):
+    formats: list[Literal["hf", "adapter", "gguf"]] = Field(default_factory=list, description="What `protege run` "
+                                                             "writes of the kept student to RUN/export at the end: "
+                                                             "hf (merged safetensors), adapter (peft), gguf. "
+                                                             "Empty: nothing (protege export RUN does it later).")
+    gguf_dtype: Literal["f32", "f16", "q8_0"] = Field("f16", description="GGUF tensor type.")
+
+
 class BudgetConfig(Strict):
     requests: int = Field(2000, ge=0, description="Teacher requests the synthesis may make (cache hits count).")
+    tokens: int | None = Field(None, ge=0, description="Teacher tokens (prompt + completion, cache hits count) "
+                               "the run may use over every stage that asks the task's teacher (synthesis, "
+                               "critique, the teacher's own evaluation, judging); once spent, no more "
+                               "requests go out (the last batch may pass it by a little). Empty: no limit.")
 
 
 class TaskSpec(Strict):
@@ -233,6 +358,7 @@ class TaskSpec(Strict):
                                          description="What the student loses of general ability.")
     merge: MergeSweepConfig = Field(default_factory=MergeSweepConfig, description="Trading task skill back "
                                     "for general ability after the last round.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Files written for other tools.")
     rounds: int = Field(2, ge=1, description="Most train/evaluate/augment rounds.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Teacher budget.")
 

@@ -73,6 +73,8 @@ def method_config(ctx, method: str):
     """The train config of one method's stage: dpo's and grpo's own learning rate, grpo's step
     count, paths resolved against the task directory."""
     cfg = ctx.spec.train
+    if any(step.name == "curriculum" for step in ctx.spec.curate.root):
+        cfg = cfg.model_copy(update={"data_order": "as-given"})
     if method in ("dpo", "grpo"):
         rate = cfg.rl_learning_rate or (5e-5 if cfg.adapter == "lora" else 1e-6)
         steps = cfg.grpo_max_steps if method == "grpo" else cfg.max_steps

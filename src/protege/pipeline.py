@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Example, LoadedTask
-from .curate import curate
-from .eval_stages import eval_stage, eval_teacher, forgetting_of, judge_stage, probe_stage, versus
+from .curate import CurateContext, curate
+from .eval_stages import (eval_stage, eval_teacher, forgetting_of, judge_stage, judge_teacher, probe_stage,
+                          versus)
 from .merge_sweep import keep_best, merge_sweep
 from .method_round import train_round
 from .models import load_model, model_dir, pick_device
@@ -20,7 +21,7 @@ from .synth.expand import inputs_from_generator, inputs_from_teacher
 from .synth.failures import inputs_like_failures
 from .synth.label import label_inputs
 from .synth.records import record_answer, record_input, sft_record
-from .teachers import CachedTeacher, TeacherCache, build_teacher
+from .teachers import CachedTeacher, TeacherCache, affordable, build_teacher
 
 
 def say_progress(line: str) -> None:
@@ -38,6 +39,8 @@ class Context:
     base_id: str = ""
     teacher: CachedTeacher | None = None
     spent: int = 0  # teacher requests charged to the synthesis budget so far
+    spent_tokens: int = 0  # teacher tokens (in + out) charged to the token budget so far
+    token_requests: int = 0  # the requests those tokens paid for
     loaded: tuple | None = None  # (adapter, model, tokenizer) of the last evaluation
     base_probe: dict | None = None  # the base's probe summary, when forgetting is measured
     dev_items: list[Example] | None = None  # the held-out dev set that chooses among rounds and merges
@@ -47,24 +50,42 @@ class Context:
         return self.task.spec
 
     @property
+    def tokens_left(self) -> int | None:
+        """What is left of the token budget; None: tokens are not budgeted."""
+        tokens = self.spec.budget.tokens
+        return None if tokens is None else max(0, tokens - self.spent_tokens)
+
+    @property
     def left(self) -> int:
-        return max(0, self.spec.budget.requests - self.spent)
+        """Requests still affordable: the rest of the request budget and, when tokens are budgeted,
+        no more than the rest of those buys at the mean cost of a request so far."""
+        requests = max(0, self.spec.budget.requests - self.spent)
+        if self.tokens_left is None:
+            return requests
+        return min(requests, affordable(self.tokens_left, self.spent_tokens, self.token_requests, requests))
 
 
 def _teacher_stage(ctx: Context, name: str, key, build, teacher=None) -> Path:
-    """A stage that asks the teacher (or another one, e.g. a judge): it records the requests it
-    made, which the budget charges when they went to the synthesis teacher."""
+    """A stage that asks the teacher (or another one, e.g. a judge): teacher.json records what it
+    asked and what that cost (requests, retries, drops, tokens in and out). The synthesis stages
+    charge its requests to the request budget themselves; the tokens of every stage that asks the
+    task's teacher are charged to the token budget here, and such a stage stops sending requests
+    once that budget is spent."""
     start = time.time()
     teacher = teacher or ctx.teacher
-    before = (teacher.stats.requests, teacher.stats.paid, teacher.stats.failed)
+    charged = teacher is ctx.teacher
+    before = teacher.stats.copy()
 
     def wrapped(out: Path) -> None:
-        build(out)
-        s = teacher.stats
-        write_json(out / "teacher.json", {"requests": s.requests - before[0], "paid": s.paid - before[1],
-                                          "failed": s.failed - before[2], "seconds": time.time() - start})
+        with teacher.allowance(ctx.tokens_left if charged else None):
+            build(out)
+        write_json(out / "teacher.json", {**teacher.stats.minus(before).as_dict(), "seconds": time.time() - start})
 
     folder, _ = ctx.run.stage(name, key, wrapped)
+    if charged:  # also when the stage was done by an earlier run: its teacher.json says what it cost
+        used = _stage_requests(folder)
+        ctx.spent_tokens += used.get("tokens_in", 0) + used.get("tokens_out", 0)
+        ctx.token_requests += used["requests"]
     return folder
 
 
@@ -111,13 +132,18 @@ def curate_round(ctx: Context, round_: int, data_files: list[Path], dev_from: Pa
     spec = ctx.spec
     key = {"data": [file_digest(p) for p in data_files], "test": [t.input for t in ctx.task.test],
            "curate": spec.curate.model_dump(), "dev_size": spec.eval.dev_size, "seed": spec.train.seed,
-           "dev": file_digest(dev_from) if dev_from else None}
+           "dev": file_digest(dev_from) if dev_from else None, "instruction": spec.instruction,
+           # scoring steps read the base student and the judge: a change of either must re-curate
+           "uses": {"student": ctx.base_id, "judge": judge_teacher(ctx).backend.identity()}}
 
     def build(out: Path) -> None:
         records = [r for p in data_files for r in read_jsonl(p)]
         dev = read_jsonl(dev_from) if dev_from else []
-        kept, removed = curate(records, [t.input for t in ctx.task.test] + [record_input(d) for d in dev],
-                               spec.curate)
+        kept, removed = curate(records, spec.curate, CurateContext(
+            test_inputs=[t.input for t in ctx.task.test] + [record_input(d) for d in dev],
+            instruction=spec.instruction, seed=spec.train.seed, round=round_, device=ctx.device,
+            student=lambda: loaded_student(ctx, None), judge=lambda: judge_teacher(ctx), teacher=ctx.teacher,
+            max_length=spec.train.max_length, say=ctx.say))
         if dev_from is None:
             dev, kept = hold_out_dev(kept, spec.eval.dev_size, spec.train.seed)
         write_jsonl(out / "train.jsonl", kept)
@@ -131,7 +157,7 @@ def curate_round(ctx: Context, round_: int, data_files: list[Path], dev_from: Pa
 def hold_out_dev(records: list[dict], size: int, seed: int) -> tuple[list[dict], list[dict]]:
     """The dev set comes from teacher-labeled data (never seeds, never the test set): it decides
     when the loop stops, so the test set stays untouched until it is reported."""
-    candidates = [i for i, r in enumerate(records) if r["meta"]["source"] != "seed"]
+    candidates = [i for i, r in enumerate(records) if r["meta"]["source"] not in ("seed", "general")]
     chosen = set(random.Random(seed).sample(candidates, min(size, len(candidates) // 5)))
     return [records[i] for i in sorted(chosen)], [r for i, r in enumerate(records) if i not in chosen]
 
@@ -150,7 +176,7 @@ def loaded_student(ctx: Context, adapter: Path | None) -> tuple:
 
 def mine_failures(ctx: Context, round_: int, model_key: str, adapter: Path, train_file: Path) -> list[str]:
     """LLM2LLM: test the student on (a sample of) its own training data; the misses seed new data."""
-    records = read_jsonl(train_file)
+    records = [r for r in read_jsonl(train_file) if r["meta"]["source"] != "general"]  # mixture data is no task
     rng = random.Random(ctx.spec.train.seed + round_)
     sample = rng.sample(records, min(ctx.spec.synth.mine_size, len(records)))
     summary = eval_stage(ctx, f"mine-r{round_}", adapter, as_examples(sample), model_key)
@@ -300,7 +326,7 @@ def run_pipeline(task: LoadedTask, run_dir: Path, say=say_progress) -> dict:
     say(f"teacher: {teacher['accuracy']:.1%}")
     rounds = run_rounds(ctx)
     sweep = merge_sweep(ctx, best_round(rounds))
-    student = kept_student(rounds, sweep)
+    student = kept_student(rounds, sweep) | {"base": str(ctx.base)}
     judged = judge_stage(ctx, {"student": student, "teacher": teacher, "base": base})
     summary = {"task": spec.name, "metric": spec.metric.name, "test_items": len(task.test),
                "confidence": spec.eval.confidence, "base": _interval(base), "teacher": _interval(teacher),
@@ -308,8 +334,14 @@ def run_pipeline(task: LoadedTask, run_dir: Path, say=say_progress) -> dict:
                "student": student, "vs_teacher": versus(ctx, student, teacher), "vs_base": versus(ctx, student, base),
                "judge": judged, "merge_sweep": sweep,
                "teacher_requests": {"budget": spec.budget.requests, "spent": ctx.spent,
-                                    "paid_this_run": ctx.teacher.stats.paid},
+                                    "paid_this_run": ctx.teacher.stats.paid, "tokens_budget": spec.budget.tokens,
+                                    "tokens_spent": ctx.spent_tokens},
                "wall_seconds": round(time.time() - start, 1), "device": ctx.device}
+    if spec.export.formats:
+        from .export import export_model
+        written = export_model(Path(student["model"]), run_dir / "export", spec.export.formats, ctx.base,
+                               spec.export.gguf_dtype)
+        summary["export"] = {name: str(path) for name, path in written.items()}
     write_json(run_dir / "summary.json", summary)
     _write_summaries(run_dir, summary, say)
     return summary

@@ -1,20 +1,84 @@
-"""Exact-duplicate removal on the normalized input; the first occurrence wins."""
+"""Exact and near-duplicate removal; the first occurrence wins.
+
+Exact: the same normalized input. Near: MinHash LSH (datasketch) over character shingles of the
+normalized input finds candidate pairs, and their exact Jaccard similarity confirms them, so the
+similarity recorded for a removal is exact and nothing depends on a hash collision. By default a
+near-duplicate must also give the same answer: "12 + 35" and "12 + 36" are nearly the same text and
+both worth training on."""
 
 from __future__ import annotations
 
+from datasketch import MinHash, MinHashLSH
+
+from ..config import DedupStep
 from ..evaluate.metrics.exact import normalize
-from ..synth.records import record_input
+from ..synth.records import record_answer, record_input
 
 
-def dedup(records: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(kept, removed), each removed record annotated with why."""
-    seen: dict[str, str] = {}
+def shingles(text: str, size: int) -> set[str]:
+    """Overlapping character k-grams; a text shorter than k is one shingle."""
+    if len(text) <= size:
+        return {text}
+    return {text[i:i + size] for i in range(len(text) - size + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def minhash(shingle_set: set[str], num_perm: int) -> MinHash:
+    sketch = MinHash(num_perm=num_perm, seed=1)
+    sketch.update_batch([s.encode("utf-8") for s in sorted(shingle_set)])
+    return sketch
+
+
+def dedup(records: list[dict], cfg: DedupStep = DedupStep()) -> tuple[list[dict], list[dict]]:
+    """(kept, removed), each removed record annotated with why and which kept record it repeats."""
+    exact: dict[str, str] = {}
+    index = _NearIndex(cfg)
     kept, removed = [], []
     for record in records:
         key = normalize(record_input(record))
-        if key in seen:
-            removed.append({"id": record["id"], "reason": "duplicate", "of": seen[key]})
-        else:
-            seen[key] = record["id"]
-            kept.append(record)
+        if key in exact:
+            removed.append({"id": record["id"], "reason": "duplicate", "of": exact[key]})
+            continue
+        match = index.match(record, key)
+        if match:
+            removed.append({"id": record["id"], "reason": "near-duplicate", "of": match[0],
+                            "similarity": round(match[1], 4)})
+            continue
+        exact[key] = record["id"]
+        index.add(record, key)
+        kept.append(record)
     return kept, removed
+
+
+class _NearIndex:
+    """The kept records' shingles in an LSH index; a query returns the most similar one over the
+    threshold (and with the same answer when asked), or None."""
+
+    def __init__(self, cfg: DedupStep):
+        self.cfg = cfg
+        self.lsh = MinHashLSH(threshold=cfg.near_threshold, num_perm=cfg.num_perm) if cfg.near_threshold < 1 else None
+        self.entries: dict[str, tuple[set[str], str]] = {}
+
+    def match(self, record: dict, key: str) -> tuple[str, float] | None:
+        if self.lsh is None:
+            return None
+        grams = shingles(key, self.cfg.shingle)
+        answer = normalize(record_answer(record))
+        scored = [(jaccard(grams, self.entries[c][0]), c) for c in self.lsh.query(minhash(grams, self.cfg.num_perm))
+                  if not self.cfg.same_answer or self.entries[c][1] == answer]
+        best = max(scored, default=None)
+        return (best[1], best[0]) if best and best[0] >= self.cfg.near_threshold else None
+
+    def add(self, record: dict, key: str) -> None:
+        if self.lsh is None or record["id"] in self.entries:
+            return
+        grams = shingles(key, self.cfg.shingle)
+        self.entries[record["id"]] = (grams, normalize(record_answer(record)))
+        self.lsh.insert(record["id"], minhash(grams, self.cfg.num_perm))
+
+
+def run(records: list[dict], cfg: DedupStep, ctx) -> tuple[list[dict], list[dict]]:
+    return dedup(records, cfg)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import TeacherConfig
-from .base import Teacher, TeacherRequest
-from .cache import CachedTeacher, TeacherCache, TeacherStats
+from .base import Teacher, TeacherRequest, TeacherStats, Usage
+from .cache import CachedTeacher, TeacherCache, affordable
 from .function import FunctionTeacher, load_callable
 from .openai_api import OpenAITeacher, TeacherError
 
@@ -19,6 +19,9 @@ def build_teacher(cfg: TeacherConfig, task_dir: Path, student=None) -> Teacher:
         return FunctionTeacher(cfg.function, task_dir)
     if cfg.kind == "openai":
         return OpenAITeacher(cfg)
+    if cfg.kind == "local":
+        from .local import LocalTeacher  # imports torch and transformers only when asked for
+        return LocalTeacher(cfg, task_dir)
     from .self_verify import SelfTeacher
     if not cfg.verifier:
         raise TeacherError("teacher.verifier (module:attr(input, answer) -> bool) is required for kind=self")
@@ -27,5 +30,5 @@ def build_teacher(cfg: TeacherConfig, task_dir: Path, student=None) -> Teacher:
                        max_new_tokens=cfg.max_tokens, identity=identity)
 
 
-__all__ = ["Teacher", "TeacherRequest", "CachedTeacher", "TeacherCache", "TeacherStats", "TeacherError",
-           "build_teacher", "load_callable"]
+__all__ = ["Teacher", "TeacherRequest", "CachedTeacher", "TeacherCache", "TeacherStats", "TeacherError", "Usage",
+           "affordable", "build_teacher", "load_callable"]

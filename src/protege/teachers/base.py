@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Literal, Protocol
 
 Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise"]
@@ -82,6 +82,50 @@ class TeacherRequest:
         return {"messages": self.chat(), "temperature": self.temperature, "sample": self.sample}
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What one reply cost, in the backend's own tokens."""
+
+    tokens_in: int = 0  # prompt tokens
+    tokens_out: int = 0  # completion tokens
+
+
+@dataclass
+class TeacherStats:
+    requests: int = 0  # asked by the run, cached or not: what the request budget counts
+    paid: int = 0  # sent to the backend
+    failed: int = 0  # the backend gave nothing usable (dropped ones included)
+    retried: int = 0  # attempts repeated after a timeout, 429, 5xx, lost connection or unusable reply
+    dropped: int = 0  # given up because every reply was malformed or empty; never written as data
+    over_budget: int = 0  # not sent: the token budget was spent
+    tokens_in: int = 0  # prompt tokens of every reply, cached or not: what the token budget counts
+    tokens_out: int = 0  # completion tokens, likewise
+
+    def add(self, other: "TeacherStats") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def copy(self) -> "TeacherStats":
+        return replace(self)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def minus(self, other: "TeacherStats") -> "TeacherStats":
+        return TeacherStats(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
+
+    def charge(self, usage: Usage) -> None:
+        self.tokens_in += usage.tokens_in
+        self.tokens_out += usage.tokens_out
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+OnReply = Callable[[int, "str | None", Usage], None]
+
+
 class Teacher(Protocol):
     """`complete` returns one reply per request, None where the teacher gave nothing usable."""
 
@@ -90,9 +134,9 @@ class Teacher(Protocol):
     def identity(self) -> str:
         """Endpoint and model: the part of the cache key that says who answered."""
 
-    def complete(self, requests: list[TeacherRequest],
-                 on_reply: Callable[[int, str | None], None] | None = None) -> list[str | None]:
-        """Answer every request; call on_reply(index, reply) as each one arrives."""
+    def complete(self, requests: list[TeacherRequest], on_reply: OnReply | None = None) -> list[str | None]:
+        """Answer every request; call on_reply(index, reply, usage) as each one arrives (backends
+        that know no token counts may call on_reply(index, reply))."""
 
 
 def cache_key(identity: str, request: TeacherRequest, options: dict) -> str:

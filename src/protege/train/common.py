@@ -59,7 +59,12 @@ def trainer_kwargs(cfg: TrainConfig, checkpoints: Path, device: str) -> dict:
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         report_to=[r for r in cfg.report_to if r != "none"] or "none",
         dataloader_num_workers=0, disable_tqdm=True, remove_unused_columns=False,
-        ddp_find_unused_parameters=False)
+        ddp_find_unused_parameters=False, **data_order(cfg))
+
+
+def data_order(cfg: TrainConfig) -> dict:
+    """A curriculum is an order: the sampler must not shuffle it away."""
+    return {"train_sampling_strategy": "sequential"} if cfg.data_order == "as-given" else {}
 
 
 def load_trainable(model_path: Path, cfg: TrainConfig, stage_seed: int):

@@ -57,7 +57,10 @@ def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
                "bfd": dict(packing=True, packing_strategy="bfd", max_length=cfg.max_length),
                "none": dict(padding_free=False, packing=False, max_length=None,
                             train_sampling_strategy="group_by_length")}[cfg.packing]
-    return SFTConfig(**trainer_kwargs(cfg, checkpoints, device), **packing)
+    if cfg.data_order == "as-given":  # bfd packing and length grouping would reorder a curriculum
+        packing = {key: value for key, value in packing.items() if key != "packing_strategy"} | {
+            "packing": False, "train_sampling_strategy": "sequential"}
+    return SFTConfig(**{**trainer_kwargs(cfg, checkpoints, device), **packing})
 
 
 def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
