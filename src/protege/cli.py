@@ -204,7 +204,8 @@ def cmd_serve(args) -> int:
     proxy = proxy_spec(args)
     serve(model_or_adapter(args.model) if args.model else None, host=args.host, port=args.port, api_key=key,
           model_name=args.model_name, max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
-          device=pick_device(args.device), base=model_dir(args.base) if args.base else None, proxy=proxy)
+          device=pick_device(args.device), base=model_dir(args.base) if args.base else None, proxy=proxy,
+          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     return 0
 
 
@@ -221,6 +222,9 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-tokens", type=int, default=2048, help="largest max_tokens a request may ask for")
     p.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body accepted")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("--max-batch", type=int, default=32, help="most requests generated together in one batch")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="a batch closes once no request has arrived "
+                   "for this long (or when it is full)")
     p.add_argument("--proxy-base", metavar="BIG", help="proxy-tuning: the large model whose scores are steered")
     p.add_argument("--proxy-expert", metavar="TUNED", help="proxy-tuning: the small tuned model (or its adapter)")
     p.add_argument("--proxy-anti", metavar="BASE", help="proxy-tuning: the small model TUNED was tuned from")

@@ -61,6 +61,121 @@ class StudentConfig(Strict):
                        description="embedded:NAME, a local Hugging Face directory, or tiny:SEED for tests.")
 
 
+class SelfInstructStep(Strict):
+    name: Literal["self-instruct"] = Field("self-instruct", description="Seed expansion (Self-Instruct): the "
+                                           "teacher writes new inputs from k random examples, then answers them.")
+    n: int = Field(50, ge=0, description="New inputs asked for.")
+    seeds_per_prompt: int = Field(3, gt=0, description="k examples (seeds, unlabeled inputs and the inputs of "
+                                  "the data so far) shown per request, drawn at random.")
+    ensemble: list[TeacherConfig] = Field(default_factory=list, description="Ensemble-Instruct: more teachers "
+                                          "that answer every new input beside the task's teacher; an input is "
+                                          "kept only when min_agree answers agree. Empty: no ensemble.")
+    min_agree: int = Field(2, ge=1, description="Answers (the task teacher's included) that must agree for an "
+                           "input to be kept; the answer kept is the one most others agree with.")
+    agreement: Literal["metric", "rouge-l"] = Field(
+        "metric", description="When two answers agree: metric: each scores at least threshold against the "
+        "other by the task's metric; rouge-l: their ROUGE-L F1 is at least threshold.")
+    threshold: float = Field(0.7, gt=0, le=1, description="Agreement threshold (see agreement).")
+
+
+class EvolInstructStep(Strict):
+    name: Literal["evol-instruct"] = Field("evol-instruct", description="Evol-Instruct: the teacher rewrites "
+                                           "inputs deeper, more constrained or more varied, then answers them.")
+    n: int = Field(50, ge=0, description="Inputs evolved per generation, drawn at random from the data so far "
+                   "(the first generation) or from the previous generation's survivors.")
+    generations: int = Field(1, ge=1, description="Rounds of evolution; each rewrites the last one's survivors "
+                             "again (the paper runs 4).")
+    kinds: list[Literal["constraints", "deepen", "concretize", "reasoning", "breadth"]] = Field(
+        default_factory=lambda: ["constraints", "deepen", "concretize", "reasoning", "breadth"],
+        description="Rewrites drawn from, one at random per input: constraints (add a requirement), deepen "
+        "(ask more deeply), concretize (specific concepts), reasoning (more steps), breadth (a new, rarer input "
+        "of the same kind).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the rewrites.")
+
+
+class MagpieStep(Strict):
+    name: Literal["magpie"] = Field("magpie", description="Magpie: a local model given only its chat template "
+                                    "up to the user turn writes user turns; they are then answered.")
+    n: int = Field(50, ge=0, description="User turns sampled (unfinished and repeated ones are dropped).")
+    model: str = Field("", description="Who writes the user turns: a local Hugging Face directory, "
+                       "embedded:NAME or tiny:SEED; empty: the base student.")
+    system: bool = Field(True, description="Put the task's instruction in the template as the system message, "
+                         "so the user turns are inputs to the task.")
+    answer_by: Literal["teacher", "writer"] = Field("teacher", description="teacher: the task's teacher answers "
+                                                    "each user turn; writer: the model that wrote it (as in the "
+                                                    "paper).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the user turns.")
+    max_new_tokens: int = Field(128, gt=0, description="Longest user turn; one not finished by then is dropped.")
+
+
+class StudentSampledStep(Strict):
+    """Options every method that samples the base student on the data so far shares."""
+
+    items: int = Field(100, ge=0, description="Records of the data so far (those whose answer is a task answer) "
+                       "drawn at random to work on.")
+    samples: int = Field(4, ge=1, description="Answers sampled per input.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of those answers.")
+    verifier: str = Field("", description="module:attr(input, answer) -> bool that says an answer is right; "
+                          "empty: the task's metric against the record's answer scores 1.")
+
+
+class LLM2LLMStep(StudentSampledStep):
+    name: Literal["llm2llm"] = Field("llm2llm", description="LLM2LLM in round 0: the teacher writes new inputs "
+                                     "like the ones the base student gets wrong, then answers them.")
+    samples: int = Field(1, ge=1, description="Answers sampled per input; an input is a failure when any is wrong.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: one greedy answer).")
+    per_failure: int = Field(2, ge=1, description="New inputs the teacher writes per failure.")
+
+
+class CritiqueStep(StudentSampledStep):
+    name: Literal["critique"] = Field("critique", description="Critique data (CFT): the teacher critiques "
+                                      "candidate solutions, the student's and its own, ending with a verdict.")
+    samples: int = Field(2, ge=0, description="Student samples per input critiqued.")
+    teacher_samples: int = Field(1, ge=0, description="Teacher answers per input critiqued, sampled at "
+                                 "temperature.")
+    reference: bool = Field(True, description="Show the critic the record's answer as the reference.")
+
+
+class RejectionStep(StudentSampledStep):
+    name: Literal["rejection"] = Field("rejection", description="Rejection sampling (STaR, RFT): k sampled "
+                                       "answers per input, the verified ones kept.")
+    sampler: Literal["student", "teacher"] = Field("student", description="Who samples: the base student "
+                                                   "(self-improvement) or the task's teacher.")
+    cap: int = Field(1, ge=1, description="Distinct verified answers kept per input.")
+
+
+class PreferencePairsStep(StudentSampledStep):
+    name: Literal["preference-pairs"] = Field("preference-pairs", description="On-policy DPO pairs: chosen = "
+                                              "the reference or a verified answer, rejected = the base student's "
+                                              "own wrong answer; written to pairs.jsonl.")
+    chosen: Literal["reference", "verified"] = Field("reference", description="reference: the record's answer "
+                                                     "(the teacher's, or a seed's); verified: the student's own "
+                                                     "first right sample, else the reference.")
+
+
+class ReflectionStep(StudentSampledStep):
+    name: Literal["reflection"] = Field("reflection", description="Mistake and reflection (LEMMA): the "
+                                        "student's wrong solution, the teacher's reflection on it, the right "
+                                        "solution, as one answer.")
+
+
+class RefusalStep(StudentSampledStep):
+    name: Literal["refusal"] = Field("refusal", description="R-Tuning: inputs the base student cannot answer get "
+                                     "an uncertainty target in place of their answer.")
+    certain_share: float = Field(0.5, gt=0, le=1, description="Share of the samples that must be right for "
+                                 "the student to know the answer.")
+    style: Literal["refuse", "unsure"] = Field(
+        "refuse", description="refuse: the target is the refusal text; unsure: the paper's padding, the answer "
+        "then \"Are you sure you accurately answered the question based on your internal knowledge? I am "
+        "unsure.\" (\"I am sure.\" on the inputs it knows).")
+    refusal: str = Field("I am not sure I know the answer to this.", description="The target of style refuse.")
+
+
+SynthMethod = Annotated[Union[SelfInstructStep, EvolInstructStep, MagpieStep, LLM2LLMStep, CritiqueStep,
+                              RejectionStep, PreferencePairsStep, ReflectionStep, RefusalStep],
+                        Field(discriminator="name")]
+
+
 class SynthConfig(Strict):
     label_inputs: bool = Field(True, description="Have the teacher answer the task's unlabeled inputs.")
     expand: int = Field(0, ge=0, description="New inputs to create from the seeds in round 0.")
@@ -70,6 +185,17 @@ class SynthConfig(Strict):
     per_failure: int = Field(2, ge=0, description="New examples the teacher writes per student failure.")
     max_failures: int = Field(64, ge=0, description="Failures sent to the teacher per round.")
     mine_size: int = Field(200, ge=0, description="Training items the student is tested on to find failures.")
+    methods: list[SynthMethod] = Field(default_factory=list, description="Synthesis methods run in order in "
+                                       "round 0 after labeling and expansion: each a name or {name: ..., "
+                                       "options} (self-instruct, evol-instruct, magpie, llm2llm, critique, "
+                                       "rejection, preference-pairs, reflection, refusal). Empty: none.")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _steps_by_name(cls, value):
+        if isinstance(value, list):
+            return [{"name": step} if isinstance(step, str) else step for step in value]
+        return value
 
 
 class DecontaminateStep(Strict):

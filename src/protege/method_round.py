@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .models import is_adapter, load_model, model_dir, save_merged
 from .runs import digest, file_digest, read_jsonl, write_json, write_jsonl
-from .synth.records import record_answer, record_input
+from .synth.records import is_task_answer, record_answer, record_input
 
 
 def train_round(ctx, round_: int, train_file: Path, given: bool = False) -> Path:
@@ -105,7 +105,7 @@ def full_model(ctx, trained: Path, round_: int) -> tuple[Path, str]:
 def sample_items(ctx, train_file: Path, round_: int) -> list[tuple[str, str]]:
     """(input, reference) of up to synth.mine_size training records: the inputs the student is
     sampled on for dpo pairs and cft candidates."""
-    records = read_jsonl(train_file)
+    records = [r for r in read_jsonl(train_file) if is_task_answer(r)]  # no critique is itself critiqued
     rng = random.Random(ctx.spec.train.seed + round_)
     chosen = rng.sample(records, min(ctx.spec.synth.mine_size, len(records)))
     return [(record_input(r), record_answer(r)) for r in chosen]
@@ -121,17 +121,22 @@ def student_samples(ctx, start: Path, items: list[tuple[str, str]], k: int, roun
 
 
 def pairs_stage(ctx, round_: int, start: tuple[Path, str], train_file: Path) -> Path:
-    """On-policy pairs: the reference answer against the starting model's own wrong sample."""
+    """On-policy pairs: the reference answer against the starting model's own wrong sample; in round 0
+    also the pairs a preference-pairs synthesis step made."""
     from .synth.preference_pairs import preference_pairs
     spec = ctx.spec
+    synthesized = ctx.synth_r0 / "pairs.jsonl" if round_ == 0 and ctx.synth_r0 else None
+    synthesized = synthesized if synthesized and synthesized.is_file() else None
     key = {"start": start[1], "data": file_digest(train_file), "k": spec.train.dpo_samples,
-           "mine": spec.synth.mine_size, "metric": spec.metric.model_dump(), "eval": spec.eval.model_dump()}
+           "mine": spec.synth.mine_size, "metric": spec.metric.model_dump(), "eval": spec.eval.model_dump(),
+           **({"synthesized": file_digest(synthesized)} if synthesized else {})}
 
     def build(out: Path) -> None:
         items = sample_items(ctx, train_file, round_)
         samples = student_samples(ctx, start[0], items, spec.train.dpo_samples, round_)
         reward = task_reward(ctx)
         pairs = preference_pairs(items, samples, lambda i, a, ref: reward(i, a, ref) >= 1, spec.instruction)
+        pairs += read_jsonl(synthesized) if synthesized else []
         ctx.say(f"round {round_}: {len(pairs)} preference pairs from {len(items)} inputs")
         write_jsonl(out / "pairs.jsonl", pairs)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections import Counter
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from .runs import Run, digest, file_digest, read_json, read_jsonl, write_json, w
 from .synth.expand import inputs_from_generator, inputs_from_teacher
 from .synth.failures import inputs_like_failures
 from .synth.label import label_inputs
-from .synth.records import record_answer, record_input, sft_record
+from .synth.records import is_task_answer, record_answer, record_input, sft_record
+from .synth.registry import SynthContext, run_methods
 from .teachers import CachedTeacher, TeacherCache, affordable, build_teacher
 
 
@@ -44,6 +46,7 @@ class Context:
     loaded: tuple | None = None  # (adapter, model, tokenizer) of the last evaluation
     base_probe: dict | None = None  # the base's probe summary, when forgetting is measured
     dev_items: list[Example] | None = None  # the held-out dev set that chooses among rounds and merges
+    synth_r0: Path | None = None  # round 0's synthesis stage (its pairs.jsonl feeds round 0's dpo)
 
     @property
     def spec(self):
@@ -94,23 +97,42 @@ def _stage_requests(folder: Path) -> dict:
 
 
 def synth_round0(ctx: Context) -> Path:
-    """Seeds as they are, the teacher's answers to the unlabeled inputs, and expanded inputs."""
+    """Seeds as they are, the teacher's answers to the unlabeled inputs, expanded inputs, then the
+    synthesis methods of synth.methods in order (their preference pairs go to pairs.jsonl, what each
+    made, dropped and asked to methods.json)."""
     spec, task = ctx.spec, ctx.task
     key = {"teacher": ctx.teacher.backend.identity(), "instruction": spec.instruction,
            "seeds": [s.model_dump() for s in task.seeds], "inputs": task.inputs,
-           "synth": spec.synth.model_dump(), "budget": spec.budget.requests}
+           "synth": spec.synth.model_dump(exclude={"methods"}), "budget": spec.budget.requests}
+    if spec.synth.methods:  # without methods the key stays what it was, and so do earlier runs' stages
+        key["methods"] = {"steps": [m.model_dump() for m in spec.synth.methods], "student": ctx.base_id,
+                          "metric": spec.metric.model_dump(), "test": [t.input for t in task.test],
+                          "max_new_tokens": spec.eval.max_new_tokens}
 
     def build(out: Path) -> None:
+        start = ctx.teacher.stats.requests
         records = [sft_record(spec.instruction, s.input, s.output, "seed", 0) for s in task.seeds]
         budget = spec.budget.requests
         inputs = task.inputs[:budget] if spec.synth.label_inputs else []
         labeled, _ = label_inputs(ctx.teacher, spec.instruction, inputs, "teacher", 0)
         records += labeled
         records += expand(ctx, budget - len(inputs))
+        if spec.synth.methods:
+            methods = SynthContext(ctx.teacher, spec.instruction, budget - (ctx.teacher.stats.requests - start),
+                                   metric=spec.metric, task_dir=task.directory, seed=spec.train.seed,
+                                   exclude=[t.input for t in task.test], student=lambda: loaded_student(ctx, None),
+                                   student_id=ctx.base_id, device=ctx.device,
+                                   max_new_tokens=spec.eval.max_new_tokens, say=ctx.say)
+            records = run_methods(records, spec.synth.methods, methods)
+            write_jsonl(out / "pairs.jsonl", methods.pairs)
+            write_json(out / "methods.json", {"steps": methods.notes, "extra_requests": methods.extra_requests})
         write_jsonl(out / "data.jsonl", records)
 
     folder = _teacher_stage(ctx, "synth-r0", key, build)
-    ctx.spent += _stage_requests(folder)["requests"]
+    # an ensemble's other teachers are paid for too: methods.json says how many requests they got
+    extra = read_json(folder / "methods.json")["extra_requests"] if (folder / "methods.json").is_file() else 0
+    ctx.spent += _stage_requests(folder)["requests"] + extra
+    ctx.synth_r0 = folder
     return folder
 
 
@@ -157,7 +179,9 @@ def curate_round(ctx: Context, round_: int, data_files: list[Path], dev_from: Pa
 def hold_out_dev(records: list[dict], size: int, seed: int) -> tuple[list[dict], list[dict]]:
     """The dev set comes from teacher-labeled data (never seeds, never the test set): it decides
     when the loop stops, so the test set stays untouched until it is reported."""
-    candidates = [i for i, r in enumerate(records) if r["meta"]["source"] not in ("seed", "general")]
+    repeats = Counter(record_input(r) for r in records)
+    candidates = [i for i, r in enumerate(records) if r["meta"]["source"] not in ("seed", "general")
+                  and is_task_answer(r) and not r["meta"].get("alternative") and repeats[record_input(r)] == 1]
     chosen = set(random.Random(seed).sample(candidates, min(size, len(candidates) // 5)))
     return [records[i] for i in sorted(chosen)], [r for i, r in enumerate(records) if i not in chosen]
 
@@ -176,7 +200,7 @@ def loaded_student(ctx: Context, adapter: Path | None) -> tuple:
 
 def mine_failures(ctx: Context, round_: int, model_key: str, adapter: Path, train_file: Path) -> list[str]:
     """LLM2LLM: test the student on (a sample of) its own training data; the misses seed new data."""
-    records = [r for r in read_jsonl(train_file) if r["meta"]["source"] != "general"]  # mixture data is no task
+    records = [r for r in read_jsonl(train_file) if is_task_answer(r)]
     rng = random.Random(ctx.spec.train.seed + round_)
     sample = rng.sample(records, min(ctx.spec.synth.mine_size, len(records)))
     summary = eval_stage(ctx, f"mine-r{round_}", adapter, as_examples(sample), model_key)
@@ -189,11 +213,12 @@ def synth_failures(ctx: Context, round_: int, failures: list[str]) -> Path:
     per = spec.synth.per_failure
     affordable = ctx.left // max(1, 2 * per)
     failures = failures[:affordable]
+    test_inputs = [t.input for t in ctx.task.test]
     key = {"teacher": ctx.teacher.backend.identity(), "failures": failures, "per": per,
-           "instruction": spec.instruction, "round": round_}
+           "instruction": spec.instruction, "round": round_, "never": test_inputs}
 
     def build(out: Path) -> None:
-        pairs = inputs_like_failures(ctx.teacher, spec.instruction, failures, per, round_)
+        pairs = inputs_like_failures(ctx.teacher, spec.instruction, failures, per, round_, exclude=test_inputs)
         labeled, _ = label_inputs(ctx.teacher, spec.instruction, [p for p, _ in pairs],
                                   f"failure-round-{round_}", round_)
         write_jsonl(out / "data.jsonl", labeled)

@@ -33,21 +33,26 @@ def minhash(shingle_set: set[str], num_perm: int) -> MinHash:
 
 
 def dedup(records: list[dict], cfg: DedupStep = DedupStep()) -> tuple[list[dict], list[dict]]:
-    """(kept, removed), each removed record annotated with why and which kept record it repeats."""
+    """(kept, removed), each removed record annotated with why and which kept record it repeats.
+    A record marked meta.alternative (another verified answer to an input already there: rejection
+    sampling, reflection) is a duplicate only when its answer repeats too."""
     exact: dict[str, str] = {}
+    answers: dict[str, set[str]] = {}
     index = _NearIndex(cfg)
     kept, removed = [], []
     for record in records:
-        key = normalize(record_input(record))
-        if key in exact:
+        key, answer = normalize(record_input(record)), normalize(record_answer(record))
+        alternative = record.get("meta", {}).get("alternative", False)
+        if key in exact and (not alternative or answer in answers[key]):
             removed.append({"id": record["id"], "reason": "duplicate", "of": exact[key]})
             continue
-        match = index.match(record, key)
+        match = None if alternative else index.match(record, key)
         if match:
             removed.append({"id": record["id"], "reason": "near-duplicate", "of": match[0],
                             "similarity": round(match[1], 4)})
             continue
-        exact[key] = record["id"]
+        exact.setdefault(key, record["id"])
+        answers.setdefault(key, set()).add(answer)
         index.add(record, key)
         kept.append(record)
     return kept, removed

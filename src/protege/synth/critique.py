@@ -1,6 +1,9 @@
 """Critique data (CFT, Wang et al. 2025): the teacher checks candidate solutions (the student's own
-samples, the teacher's answer) against the reference when there is one, and writes what is right or
-wrong ending with a verdict; the student then learns to write those critiques.
+samples, the teacher's own sampled answers, the reference) against the reference when there is one,
+and writes what is right or wrong ending with a verdict; the student then learns to write those
+critiques. Training builds them each round for train.method cft (method_round.critique_stage); the
+critique step builds them in round 0 and adds them to the data (meta.task_answer false: a critique is
+no answer to the task).
 
 A reply whose last line is not a verdict is dropped and counted, never trained on."""
 
@@ -86,6 +89,7 @@ def critique_record(instruction: str, text: str, candidate: str, critique: str, 
                         CRITIQUE_STUDENT_USER.format(input=text, candidate=candidate),
                         critique, "critique", round_, **meta)
     record["verdict"] = verdict
+    record["meta"]["task_answer"] = False
     return record
 
 
@@ -116,3 +120,28 @@ def critique_candidates(teacher, instruction: str, items: Sequence[tuple[str, st
     """Ask the teacher for every critique and keep the ones with a verdict."""
     replies = teacher.complete(critique_requests(instruction, items, candidates))
     return critique_records(instruction, items, candidates, replies, round_)
+
+
+def teacher_candidates(teacher, instruction: str, items: Sequence[tuple[str, str | None]], k: int,
+                       temperature: float) -> list[list[str]]:
+    """k answers of the teacher per item, sampled: its own solutions to be critiqued beside the student's."""
+    requests = [TeacherRequest("answer", instruction, input=text, sample=j, temperature=temperature)
+                for text, _ in items for j in range(k)]
+    replies = teacher.complete(requests)
+    return [[r for r in replies[i * k:(i + 1) * k] if r] for i in range(len(items))]
+
+
+def run(records: list[dict], step, ctx) -> list[dict]:
+    """The critique step: the student's and the teacher's sampled answers to records of the data so
+    far, critiqued by the teacher (with the record's answer as the reference when step.reference)."""
+    from .registry import student_answers, task_items
+    per_item = 2 * step.teacher_samples + step.samples  # teacher answers, then one critique per candidate
+    items = task_items(records, step.items, ctx.step_seed)[:ctx.left() // max(1, per_item)]
+    ours = student_answers(ctx, step.name, items, step.samples, step.temperature)
+    theirs = teacher_candidates(ctx.teacher, ctx.instruction, items, step.teacher_samples, step.temperature)
+    shown = items if step.reference else [(text, None) for text, _ in items]
+    result = critique_candidates(ctx.teacher, ctx.instruction, shown, [a + b for a, b in zip(ours, theirs)],
+                                 ctx.round)
+    ctx.drop("no verdict", result.malformed)
+    ctx.drop("unanswered", result.unanswered)
+    return records + result.records

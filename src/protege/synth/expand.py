@@ -1,11 +1,13 @@
-"""Seed expansion (Self-Instruct): new inputs from a task generator, or written by the teacher
-from k random seeds per request; then labeled by the teacher."""
+"""Seed expansion (Self-Instruct, Wang et al. 2023): new inputs from a task generator, or written by
+the teacher from k random seeds per request; then labeled by the teacher, or by several teachers
+of which enough must agree (Ensemble-Instruct, ensemble.py)."""
 
 from __future__ import annotations
 
 import random
 
 from ..teachers import TeacherRequest, load_callable
+from .records import record_input
 
 
 def inputs_from_generator(spec: str, task_dir, n: int, seed: int) -> list[str]:
@@ -21,3 +23,28 @@ def inputs_from_teacher(teacher, instruction: str, pool: list[str], n: int, k: i
     requests = [TeacherRequest("write_input", instruction, examples=tuple(rng.sample(pool, min(k, len(pool)))),
                                sample=i, temperature=1.0) for i in range(n)]
     return [r for r in teacher.complete(requests) if r]
+
+
+def run(records: list[dict], step, ctx) -> list[dict]:
+    """The self-instruct step: step.n new inputs written from k random inputs of the data so far,
+    answered by the task's teacher or, with step.ensemble, kept only where the teachers agree."""
+    from .ensemble import agreement, ensemble_label
+    from .label import label_inputs
+    from .registry import is_task_answer, novel
+    if step.ensemble and step.min_agree > len(step.ensemble) + 1:
+        raise ValueError(f"self-instruct: min_agree {step.min_agree} but only {len(step.ensemble) + 1} teachers")
+    pool = list(dict.fromkeys(record_input(r) for r in records if is_task_answer(r)))
+    teachers = [ctx.teacher] + [ctx.other_teacher(cfg) for cfg in step.ensemble]
+    n = min(step.n, ctx.left() // (1 + len(teachers))) if pool else 0  # nothing to show: nothing asked
+    written = inputs_from_teacher(ctx.teacher, ctx.instruction, pool, n, step.seeds_per_prompt, ctx.step_seed)
+    ctx.drop("unanswered", n - len(written))
+    new = novel(written, ctx, known=pool)
+    if not step.ensemble:
+        labeled, unanswered = label_inputs(ctx.teacher, ctx.instruction, new, step.name, ctx.round)
+        ctx.drop("unanswered", unanswered)
+        return records + labeled
+    ctx.extra_requests += len(new) * len(step.ensemble)
+    agree = agreement(step.agreement, step.threshold, ctx.metric)
+    labeled, disagreed = ensemble_label(teachers, ctx.instruction, new, agree, step.min_agree, step.name, ctx.round)
+    ctx.drop("teachers disagree", disagreed)
+    return records + labeled

@@ -1,16 +1,52 @@
-"""Failure-driven augmentation (LLM2LLM): for each item the student got wrong, the teacher
-writes new inputs like it; the teacher then answers them."""
+"""Failure-driven augmentation (LLM2LLM, Lee et al. 2024): for each item the student got wrong, the
+teacher writes new inputs like it; the teacher then answers them. A new input that repeats a test
+input, the failure it imitates, or another new input is dropped: the teacher may copy what it is
+shown, and a test item must never become training data. Between rounds the loop mines the trained
+student's failures (pipeline.mine_failures); the llm2llm step does the same in round 0 with the
+base student on the data so far."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from ..evaluate.metrics.exact import normalize
 from ..teachers import TeacherRequest
 
 
-def inputs_like_failures(teacher, instruction: str, failures: list[str], per_failure: int,
-                         round_: int) -> list[tuple[str, str]]:
-    """(new input, the failure it imitates) pairs."""
+def inputs_like_failures(teacher, instruction: str, failures: list[str], per_failure: int, round_: int,
+                         exclude: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(new input, the failure it imitates) pairs; none of them a copy of an `exclude` text (the
+    test inputs), of a failure, or of an earlier new input."""
     requests = [TeacherRequest("write_input", instruction, examples=(failed,), sample=round_ * 1000 + j,
                                temperature=1.0)
                 for failed in failures for j in range(per_failure)]
     replies = teacher.complete(requests)
-    return [(reply, req.examples[0]) for req, reply in zip(requests, replies) if reply]
+    seen = {normalize(text) for text in [*exclude, *failures]}
+    pairs = []
+    for request, reply in zip(requests, replies):
+        key = normalize(reply) if reply else ""
+        if key and key not in seen:
+            seen.add(key)
+            pairs.append((reply.strip(), request.examples[0]))
+    return pairs
+
+
+def run(records: list[dict], step, ctx) -> list[dict]:
+    """The llm2llm step: the base student answers records of the data so far; the teacher writes
+    step.per_failure new inputs like each one it got wrong, and answers them."""
+    from .label import label_inputs
+    from .registry import student_answers, task_items, verifier
+    from .records import record_input
+    items = task_items(records, step.items, ctx.step_seed)
+    is_right = verifier(step.verifier, ctx)
+    samples = student_answers(ctx, step.name, items, step.samples, step.temperature)
+    failures = [text for (text, reference), answers in zip(items, samples)
+                if any(not is_right(text, answer, reference) for answer in answers)]
+    failures = failures[:ctx.left() // (2 * step.per_failure)]
+    known = [*ctx.exclude, *(record_input(r) for r in records)]
+    pairs = inputs_like_failures(ctx.teacher, ctx.instruction, failures, step.per_failure, ctx.round, known)
+    ctx.drop("empty, copy or repeat", len(failures) * step.per_failure - len(pairs))
+    labeled, unanswered = label_inputs(ctx.teacher, ctx.instruction, [text for text, _ in pairs], step.name,
+                                       ctx.round)
+    ctx.drop("unanswered", unanswered)
+    return records + labeled

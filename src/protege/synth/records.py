@@ -18,3 +18,10 @@ def record_input(record: dict) -> str:
 
 def record_answer(record: dict) -> str:
     return record["messages"][-1]["content"]
+
+
+def is_task_answer(record: dict) -> bool:
+    """Does the record answer the task? Critiques, reflections and refusals (meta.task_answer false)
+    and the mixture's general data do not: they never become dev items or failures to learn from."""
+    meta = record.get("meta", {})
+    return meta.get("task_answer", True) and meta.get("source") != "general"

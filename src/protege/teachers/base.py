@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Literal, Protocol
 
-Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise"]
+Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise", "evolve", "reflect"]
 
 WRITE_INPUT_PROMPT = (
     "You write new inputs for this task: {instruction}\n\n"
@@ -39,6 +39,47 @@ JUDGE_PAIRWISE_SYSTEM = (
 )
 JUDGE_PAIRWISE_USER = "Problem:\n{input}\n\n{reference}Answer A:\n{candidate}\n\nAnswer B:\n{answer_b}"
 
+# Evol-Instruct (Xu et al. 2023, WizardLM): the paper's depth and breadth prompts, told what the task is
+# so that a rewrite stays an input to it.
+EVOLVE_DEPTH = (
+    "I want you to act as a Prompt Rewriter. Your objective is to rewrite a given prompt into a more complex "
+    "version to make famous AI systems (e.g., ChatGPT and GPT-4) a bit harder to handle. But the rewritten prompt "
+    "must be reasonable and must be understood and responded to by humans. The prompt is an input to this task: "
+    "{instruction}\nThe rewritten prompt must still be an input to that task. Do not omit the non-text parts "
+    "such as tables and code in #Given Prompt#, nor the input in #Given Prompt#.\n"
+    "You SHOULD complicate the given prompt using the following method:\n{method}\n"
+    "#Rewritten Prompt# can only add 10 to 20 words to #Given Prompt#. '#Given Prompt#', '#Rewritten Prompt#', "
+    "'given prompt' and 'rewritten prompt' are not allowed to appear in #Rewritten Prompt#. "
+    "Reply with the rewritten prompt only.\n\n#Given Prompt#:\n{input}\n\n#Rewritten Prompt#:"
+)
+EVOLVE_BREADTH = (
+    "I want you to act as a Prompt Creator. Your goal is to draw inspiration from the #Given Prompt# to create a "
+    "brand new prompt. This new prompt should belong to the same domain as the #Given Prompt# but be even more "
+    "rare. The prompt is an input to this task: {instruction}\nThe created prompt must still be an input to "
+    "that task. The length and complexity of the #Created Prompt# should be similar to that of the #Given "
+    "Prompt#. The #Created Prompt# must be reasonable and must be understood and responded to by humans. "
+    "'#Given Prompt#', '#Created Prompt#', 'given prompt' and 'created prompt' are not allowed to appear in "
+    "#Created Prompt#. Reply with the created prompt only.\n\n#Given Prompt#:\n{input}\n\n#Created Prompt#:"
+)
+EVOLUTIONS = {
+    "constraints": "Please add one more constraint or requirement into #Given Prompt#.",
+    "deepen": "If #Given Prompt# contains inquiries about certain issues, the depth and breadth of the inquiry "
+              "can be increased.",
+    "concretize": "Please replace general concepts with more specific concepts.",
+    "reasoning": "If #Given Prompt# can be solved with just a few simple thinking processes, you can rewrite it "
+                 "to explicitly request multiple-step reasoning.",
+    "breadth": "",  # the breadth prompt is a prompt of its own
+}
+
+# Mistake and reflection (LEMMA): the teacher writes what the solver should think on finding its mistake.
+REFLECT_SYSTEM = (
+    "You help a student learn from mistakes on this task: {instruction}\n\n"
+    "You are shown a problem, the student's wrong solution and a correct solution. Write the reflection the "
+    "student should have on rereading the wrong solution: which step is wrong, why, and what to do instead, in a "
+    "few sentences, in the first person. Do not write out the corrected solution. Begin with \"Wait,\"."
+)
+REFLECT_USER = "Problem:\n{input}\n\nWrong solution:\n{candidate}\n\nCorrect solution:\n{reference}"
+
 
 @dataclass(frozen=True)
 class TeacherRequest:
@@ -55,6 +96,7 @@ class TeacherRequest:
     reference: str = ""  # the known answer, shown when non-empty (purposes critique and judge-*)
     answer_b: str = ""  # the second answer compared (judge-pairwise, where candidate is answer A)
     rubric: str = ""  # what the judge weighs (judge-*); empty: no rubric shown
+    evolution: str = ""  # the rewrite asked for (purpose=evolve): a key of EVOLUTIONS
 
     def chat(self) -> list[dict]:
         if self.purpose == "answer":
@@ -66,6 +108,14 @@ class TeacherRequest:
             return self._graded(JUDGE_POINTWISE_SYSTEM, JUDGE_POINTWISE_USER)
         if self.purpose == "judge-pairwise":
             return self._graded(JUDGE_PAIRWISE_SYSTEM, JUDGE_PAIRWISE_USER)
+        if self.purpose == "evolve":
+            template = EVOLVE_BREADTH if self.evolution == "breadth" else EVOLVE_DEPTH
+            return [{"role": "user", "content": template.format(
+                instruction=self.instruction, method=EVOLUTIONS[self.evolution], input=self.input)}]
+        if self.purpose == "reflect":
+            return [{"role": "system", "content": REFLECT_SYSTEM.format(instruction=self.instruction)},
+                    {"role": "user", "content": REFLECT_USER.format(input=self.input, candidate=self.candidate,
+                                                                    reference=self.reference)}]
         listing = "\n".join(f"- {e}" for e in self.examples)
         prompt = WRITE_INPUT_PROMPT.format(instruction=self.instruction, examples=listing)
         return [{"role": "user", "content": prompt}]

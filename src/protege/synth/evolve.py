@@ -1,0 +1,95 @@
+"""Instruction evolution (Evol-Instruct, Xu et al. 2023, WizardLM): the teacher rewrites inputs of the
+data so far with one of the paper's evolutions (in depth: add a constraint, deepen, concretize, ask
+for more reasoning steps; in breadth: a new, rarer input of the same kind), answers the rewrites,
+and the failed evolutions are eliminated as in the paper: a rewrite that is empty, unchanged (the
+paper asks an LLM whether there is no information gain; here: equal after normalization) or that
+copies the evolving prompt's words ("given prompt", "rewritten prompt"), and one whose answer is a
+short "sorry" or holds no letter or digit. Each generation evolves the survivors of the last."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from ..evaluate.metrics.exact import normalize
+from ..teachers import TeacherRequest
+from .records import record_input, sft_record
+
+COPIED = ("given prompt", "rewritten prompt", "created prompt")
+SORRY_WORDS = 80  # the paper: a reply that says sorry in under 80 words is the teacher struggling
+
+
+def failed_rewrite(original: str, rewrite: str | None) -> str | None:
+    """Why a rewrite is eliminated, or None when it is kept."""
+    if not isinstance(rewrite, str) or not rewrite.strip():
+        return "empty rewrite"
+    if normalize(rewrite) == normalize(original):
+        return "unchanged"
+    if any(words in rewrite.lower() for words in COPIED):
+        return "copies the prompt"
+    return None
+
+
+def failed_answer(answer: str | None) -> str | None:
+    """Why the answer to a rewrite eliminates it, or None."""
+    if not isinstance(answer, str) or not answer.strip():
+        return "unanswered"
+    if "sorry" in answer.lower() and len(answer.split()) < SORRY_WORDS:
+        return "teacher struggled"
+    if not re.search(r"\w", answer):
+        return "answer is punctuation"
+    return None
+
+
+def evolve_requests(instruction: str, parents: list[str], kinds: list[str], generation: int,
+                    temperature: float) -> list[TeacherRequest]:
+    return [TeacherRequest("evolve", instruction, input=parent, evolution=kind, sample=generation,
+                           temperature=temperature) for parent, kind in zip(parents, kinds)]
+
+
+def survivors(ctx, parents: list[str], kinds: list[str], rewrites: list, known: set[str]) -> list[tuple]:
+    """(parent, kind, rewrite) of the rewrites that pass failed_rewrite and are new data."""
+    from .registry import novel
+    origin = {}
+    for parent, kind, rewrite in zip(parents, kinds, rewrites):
+        reason = failed_rewrite(parent, rewrite)
+        if reason:
+            ctx.drop(reason)
+        else:
+            origin.setdefault(rewrite.strip(), (parent, kind))
+    return [(*origin[text], text) for text in novel(list(origin), ctx, known=known)]
+
+
+def generation_records(ctx, step, parents: list[str], generation: int, rng: random.Random,
+                       known: set[str]) -> list[dict]:
+    """One generation: each parent rewritten with a random evolution, the survivors answered."""
+    kinds = [rng.choice(step.kinds) for _ in parents]
+    rewrites = ctx.teacher.complete(evolve_requests(ctx.instruction, parents, kinds, generation, step.temperature))
+    kept = survivors(ctx, parents, kinds, rewrites, known)
+    answers = ctx.teacher.complete([TeacherRequest("answer", ctx.instruction, input=text) for _, _, text in kept])
+    records = []
+    for (parent, kind, text), answer in zip(kept, answers):
+        reason = failed_answer(answer)
+        if reason:
+            ctx.drop(reason)
+            continue
+        records.append(sft_record(ctx.instruction, text, answer, step.name, ctx.round, evolution=kind,
+                                  generation=generation, parent=parent))
+    return records
+
+
+def run(records: list[dict], step, ctx) -> list[dict]:
+    from .registry import task_items
+    rng = random.Random(ctx.step_seed)
+    parents = [text for text, _ in task_items(records, 0, ctx.step_seed)]
+    known = {record_input(r) for r in records}
+    made: list[dict] = []
+    for generation in range(1, step.generations + 1):
+        parents = rng.sample(parents, min(step.n, ctx.left() // 2, len(parents)))
+        if not parents:
+            break
+        new = generation_records(ctx, step, parents, generation, rng, known)
+        made += new
+        parents = [record_input(r) for r in new]
+        known.update(parents)
+    return records + made

@@ -1,0 +1,52 @@
+"""Rejection sampling with a verifier (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): k answers
+sampled per input, the ones a verifier accepts kept as training targets, at most `cap` distinct ones
+per input (RFT keeps several distinct reasoning paths; STaR one). The self teacher (teachers/
+self_verify.py) is the case k samples, cap 1, student sampler, as the task's teacher; this step
+also lets the task's teacher be the sampler, and works on the data so far with a reference: the
+verifier is the step's module:attr(input, answer), or the task's metric against the record's answer.
+
+The answers kept are other answers to inputs the data already holds (meta.alternative true)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..teachers import TeacherRequest
+from .records import sft_record
+
+
+def verified(text: str, samples: list[str | None], reference: str, is_right: Callable[[str, str, str], bool],
+             cap: int) -> list[str]:
+    """The first `cap` distinct non-empty samples the verifier accepts, in sampled order."""
+    kept = []
+    for sample in dict.fromkeys((s or "").strip() for s in samples):
+        if len(kept) == cap:
+            break
+        if sample and is_right(text, sample, reference):
+            kept.append(sample)
+    return kept
+
+
+def teacher_samples(ctx, items: list[tuple[str, str]], k: int, temperature: float) -> list[list[str | None]]:
+    requests = [TeacherRequest("answer", ctx.instruction, input=text, sample=j, temperature=temperature)
+                for text, _ in items for j in range(k)]
+    replies = ctx.teacher.complete(requests)
+    return [replies[i * k:(i + 1) * k] for i in range(len(items))]
+
+
+def run(records: list[dict], step, ctx) -> list[dict]:
+    from .registry import student_answers, task_items, verifier
+    items = task_items(records, step.items, ctx.step_seed)
+    if step.sampler == "teacher":
+        items = items[:ctx.left() // step.samples]
+        samples = teacher_samples(ctx, items, step.samples, step.temperature)
+    else:
+        samples = student_answers(ctx, step.name, items, step.samples, step.temperature)
+    is_right = verifier(step.verifier, ctx)
+    made = []
+    for (text, reference), answers in zip(items, samples):
+        kept = verified(text, answers, reference, is_right, step.cap)
+        ctx.drop("no verified answer", not kept)
+        made += [sft_record(ctx.instruction, text, answer, step.name, ctx.round, sampler=step.sampler,
+                            alternative=True) for answer in kept]
+    return records + made
