@@ -223,3 +223,20 @@ def test_merge_command_runs_a_yaml_and_names_a_bad_field(tmp_path, capsys):
     bad.write_text(good.read_text().replace("weight: 0.5", "wieght: 0.5"))
     assert main(["merge", str(bad), "--out", str(tmp_path / "nothing")]) == 2
     assert f"{bad}:5" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+
+
+def test_curation_judge_requests_are_recorded_and_charged(tmp_path, examples_dir, capsys):
+    """A quality step asks the judge (here the task's teacher): the curate stage records those
+    requests in teacher.json and the budget is charged for them."""
+    run_dir = tmp_path / "run"
+    args = ["synth", str(examples_dir / "arithmetic"), "--run-dir", str(run_dir), *FAST, "--set", "synth.expand=6",
+            "--set", "inputs=[]"]
+    assert main([*args, "--set", "curate=[dedup]"]) == 0
+    plain = json.loads(capsys.readouterr().out)["teacher_requests"]
+    assert main([*args, "--set", "curate=[dedup, {name: quality, min_score: 1}]"]) == 0
+    judged = json.loads(capsys.readouterr().out)["teacher_requests"]
+    curate_stage = next(p for p in (run_dir / "stages").iterdir()
+                        if p.name.startswith("curate-r0") and (p / "removed.jsonl").is_file()
+                        and any('"quality"' in line for line in (p / "train.jsonl").read_text().splitlines()))
+    asked = json.loads((curate_stage / "teacher.json").read_text())["requests"]
+    assert asked > 0 and judged == plain + asked

@@ -150,13 +150,15 @@ def expand(ctx: Context, budget: int) -> list[dict]:
 
 
 def curate_round(ctx: Context, round_: int, data_files: list[Path], dev_from: Path | None) -> Path:
-    """Decontaminate and deduplicate all data so far; in round 0 also hold out the dev set."""
+    """Run the curation steps over all data so far; in round 0 also hold out the dev set. A step that
+    asks the judge (quality) or the teacher (mixture) is recorded and charged like a synthesis stage."""
     spec = ctx.spec
+    judge = judge_teacher(ctx)
     key = {"data": [file_digest(p) for p in data_files], "test": [t.input for t in ctx.task.test],
            "curate": spec.curate.model_dump(), "dev_size": spec.eval.dev_size, "seed": spec.train.seed,
            "dev": file_digest(dev_from) if dev_from else None, "instruction": spec.instruction,
            # scoring steps read the base student and the judge: a change of either must re-curate
-           "uses": {"student": ctx.base_id, "judge": judge_teacher(ctx).backend.identity()}}
+           "uses": {"student": ctx.base_id, "judge": judge.backend.identity()}, "records_teacher": True}
 
     def build(out: Path) -> None:
         records = [r for p in data_files for r in read_jsonl(p)]
@@ -164,7 +166,7 @@ def curate_round(ctx: Context, round_: int, data_files: list[Path], dev_from: Pa
         kept, removed = curate(records, spec.curate, CurateContext(
             test_inputs=[t.input for t in ctx.task.test] + [record_input(d) for d in dev],
             instruction=spec.instruction, seed=spec.train.seed, round=round_, device=ctx.device,
-            student=lambda: loaded_student(ctx, None), judge=lambda: judge_teacher(ctx), teacher=ctx.teacher,
+            student=lambda: loaded_student(ctx, None), judge=lambda: judge, teacher=ctx.teacher,
             max_length=spec.train.max_length, say=ctx.say))
         if dev_from is None:
             dev, kept = hold_out_dev(kept, spec.eval.dev_size, spec.train.seed)
@@ -172,7 +174,9 @@ def curate_round(ctx: Context, round_: int, data_files: list[Path], dev_from: Pa
         write_jsonl(out / "dev.jsonl", dev)
         write_jsonl(out / "removed.jsonl", removed)
 
-    folder, _ = ctx.run.stage(f"curate-r{round_}", key, build)
+    folder = _teacher_stage(ctx, f"curate-r{round_}", key, build, judge)
+    if judge is ctx.teacher:
+        ctx.spent += _stage_requests(folder)["requests"]
     return folder
 
 
