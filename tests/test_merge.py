@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from counting_open import counting_open
 
 from protege.merge import MERGES, merge_tensor
 from protege.merge import streaming
@@ -202,28 +202,7 @@ def test_merge_dirs_reads_each_tensor_once_through_safe_open(models, tmp_path, m
     base, first, second = models
     reads = []
 
-    class CountingOpen:
-        def __init__(self, path, framework):
-            self.path, self.inner = path, safe_open(path, framework=framework)
-
-        def __enter__(self):
-            self.handle = self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
-
-        def keys(self):
-            return self.handle.keys()
-
-        def get_slice(self, name):
-            return self.handle.get_slice(name)
-
-        def get_tensor(self, name):
-            reads.append((str(self.path), name))
-            return self.handle.get_tensor(name)
-
-    monkeypatch.setattr(streaming, "safe_open", CountingOpen)
+    monkeypatch.setattr(streaming, "safe_open", counting_open(lambda path, name, _: reads.append((str(path), name))))
     split_base = split_by_tensor(base, tmp_path / "split")
     out = merge_dirs(split_base, [first, second], "task_arithmetic", {"scale": 0.5}, tmp_path / "out")
     names = load_file(base / "model.safetensors").keys()

@@ -13,8 +13,8 @@ import yaml
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
-from safetensors import safe_open
 from safetensors.torch import load_file
+from counting_open import counting_open
 from test_merge import perturbed
 
 from protege.merge import streaming
@@ -182,38 +182,18 @@ def test_lora_merge_holds_a_bounded_number_of_tensors(models, tmp_path, monkeypa
     second, _ = save_adapter(base, tmp_path / "second", r=4, target_modules="all-linear", use_rslora=True)
     live, peak, reads = set(), [0], [0]
 
-    class CountingOpen:
-        """safe_open whose tensors are counted while alive (weakref callbacks when freed)."""
-
-        def __init__(self, path, framework):
-            self.inner = safe_open(path, framework=framework)
-
-        def __enter__(self):
-            self.handle = self.inner.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.inner.__exit__(*exc)
-
-        def keys(self):
-            return self.handle.keys()
-
-        def get_slice(self, name):
-            return self.handle.get_slice(name)
-
-        def get_tensor(self, name):
-            tensor = self.handle.get_tensor(name)
-            token = object()
-            live.add(token)
-            weakref.finalize(tensor, live.discard, token)
-            reads[0] += 1
-            peak[0] = max(peak[0], len(live))
-            return tensor
+    def count(path, name, tensor):
+        """tensors are counted while alive (weakref callbacks when freed)"""
+        token = object()
+        live.add(token)
+        weakref.finalize(tensor, live.discard, token)
+        reads[0] += 1
+        peak[0] = max(peak[0], len(live))
 
     def no_whole_model(*args, **kwargs):
         raise AssertionError("the streaming merge loaded a whole model")
 
-    monkeypatch.setattr(streaming, "safe_open", CountingOpen)
+    monkeypatch.setattr(streaming, "safe_open", counting_open(count))
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_whole_model)
     merge_dirs(base, [first, second, models["a"]], "ties", {"density": 0.5}, tmp_path / "out")
     # per name: the base, A and B of each adapter, the full model's tensor; 20 names, 3 models

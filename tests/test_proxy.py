@@ -30,15 +30,7 @@ STEPS = 6
 def varied_tiny(directory, seed: int, hidden: int = 64):
     """build_tiny's init (std 0.02) gives near-uniform logits, so every model would pick the same tokens;
     weights of std 0.3 make the three models disagree and the proxy's choice depend on all three."""
-    build_tiny(directory, seed=seed, hidden=hidden)
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if "norm" not in name:
-                weight.normal_(0, 0.3)
-    model.save_pretrained(directory)
-    return directory
+    return build_tiny(directory, seed=seed, hidden=hidden, weight_std=0.3)
 
 
 @pytest.fixture(scope="module")

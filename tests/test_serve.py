@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-import torch
 import uvicorn
 
 from protege.config import TeacherConfig
@@ -31,19 +30,9 @@ NAME = "tiny-student"
 
 
 def varied_tiny(directory):
-    """build_tiny's default init (std 0.02, tied embeddings) makes every reply repeat the prompt's last
-    token, so answers could not tell requests apart; larger weights make replies depend on the prompt."""
-    from transformers import AutoModelForCausalLM
-
-    build_tiny(directory, seed=0)
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            if "norm" not in name:
-                weight.normal_(0, 0.3)
-    model.save_pretrained(directory)
-    return directory
+    """build_tiny's default init makes every reply repeat the prompt's last token, so answers could not
+    tell requests apart; larger weights make replies depend on the prompt."""
+    return build_tiny(directory, seed=0, weight_std=0.3)
 
 
 def free_port() -> int:

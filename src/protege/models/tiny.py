@@ -26,7 +26,11 @@ def tiny_tokenizer():
                                    bos_token="<|im_start|>", chat_template=CHATML)
 
 
-def build_tiny(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+def build_tiny(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
+               weight_std: float | None = None) -> Path:
+    """A 2-layer Llama with protege's byte-level tokenizer. At its initial scale (std 0.02) greedy
+    decoding repeats one token whatever the prompt; weight_std (0.3 works) re-draws every weight but the
+    norms, so that answers depend on the prompt and on the seed."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -38,6 +42,11 @@ def build_tiny(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64
                          bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    if weight_std is not None:
+        with torch.no_grad():
+            for name, weight in model.named_parameters():
+                if "norm" not in name:
+                    weight.normal_(0, weight_std)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(directory)
