@@ -563,7 +563,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSpec, dict[tuple, int]]:
+def read_yaml_mapping(text: str, where: str, expected: str) -> tuple[dict, dict[tuple, int]]:
+    """A YAML document that must be a mapping, with the line of every key; `expected` says what the
+    mapping holds, for the error when it is not one."""
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
@@ -571,9 +573,13 @@ def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSp
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise ConfigError(f"{where}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    lines = _line_index(node) if node is not None else {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}:1: field '(document)': expected a mapping of task fields")
+        raise ConfigError(f"{where}:1: field '(document)': expected a mapping of {expected}")
+    return data, _line_index(node)
+
+
+def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSpec, dict[tuple, int]]:
+    data, lines = read_yaml_mapping(text, where, "task fields")
     data = apply_overrides(data, list(overrides))
     try:
         return TaskSpec.model_validate(data), lines

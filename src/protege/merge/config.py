@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from ..config import ConfigError, Strict, _field_name, _first_error, _line_index, _line_of
+from ..config import ConfigError, Strict, _field_name, _first_error, _line_of, read_yaml_mapping
 from ..models import is_adapter
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -165,15 +164,7 @@ def load_plan(path: Path, out: Path | None = None) -> MergePlan:
 
 
 def parse_merge(text: str, where: str) -> tuple[MergeConfig, dict[tuple, int]]:
-    try:
-        node, data = yaml.compose(text), yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{where}:{mark.line + 1 if mark else 1}: invalid YAML: "
-                          f"{getattr(exc, 'problem', exc)}") from None
-    lines = _line_index(node) if node is not None else {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}:1: field '(document)': expected a mapping with merge_method and models")
+    data, lines = read_yaml_mapping(text, where, "merge fields: merge_method, base_model, models")
     try:
         return MergeConfig.model_validate(data), lines
     except ValidationError as exc:
