@@ -9,36 +9,30 @@ from ..runs import build_dir_atomic
 from . import ExportError
 
 
-def merged_model(model: Path, base: Path | None = None):
-    """(weights, tokenizer directory): a LoRA adapter is merged into its base in float32, then cast to
-    the precision the base is stored in, so a bf16 base ships as bf16 and an fp32 one loses nothing."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..models import is_adapter
-    from .adapter import load_peft, tokenizer_dir
-
-    if not is_adapter(model):
-        return AutoModelForCausalLM.from_pretrained(model, dtype="auto"), Path(model)
-    if base is None:
-        raise ExportError(f"{model}: a LoRA adapter; merging it needs its base model directory")
-    stored = AutoConfig.from_pretrained(base).dtype or torch.float32
-    merged = load_peft(model, base).merge_and_unload().to(stored)
-    merged.config.dtype = stored
-    return merged, tokenizer_dir(model, base)
-
-
 def export_hf(model: Path, out: Path, base: Path | None = None) -> Path:
     build_dir_atomic(out, lambda tmp: _save(model, base, tmp))
     return out
 
 
 def _save(model: Path, base: Path | None, tmp: Path) -> None:
-    from transformers import AutoTokenizer
+    """A LoRA adapter is merged by protege's streaming merge (W + scale * B @ A per tensor, in float32,
+    written in the base's precision: a bf16 base ships as bf16 and an fp32 one loses nothing), so the
+    export never holds the model whole; a full model is re-saved as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    weights, tokenizer_source = merged_model(model, base)
+    from ..merge.streaming import write_merged
+    from ..models import is_adapter
+    from .adapter import tokenizer_dir
+
+    if is_adapter(model):
+        if base is None:
+            raise ExportError(f"{model}: a LoRA adapter; merging it needs its base model directory")
+        write_merged(Path(base), [Path(model)], "task_arithmetic", {}, [1.0], tmp, 2 << 30)
+        tokenizer_source = tokenizer_dir(model, base)
+    else:
+        AutoModelForCausalLM.from_pretrained(model, dtype="auto").save_pretrained(tmp)
+        tokenizer_source = Path(model)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    weights.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     # a template lost on the way makes a served model answer in the wrong format, silently
     if AutoTokenizer.from_pretrained(tmp).chat_template != tokenizer.chat_template:
