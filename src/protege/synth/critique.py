@@ -122,23 +122,14 @@ def critique_candidates(teacher, instruction: str, items: Sequence[tuple[str, st
     return critique_records(instruction, items, candidates, replies, round_)
 
 
-def teacher_candidates(teacher, instruction: str, items: Sequence[tuple[str, str | None]], k: int,
-                       temperature: float) -> list[list[str]]:
-    """k answers of the teacher per item, sampled: its own solutions to be critiqued beside the student's."""
-    requests = [TeacherRequest("answer", instruction, input=text, sample=j, temperature=temperature)
-                for text, _ in items for j in range(k)]
-    replies = teacher.complete(requests)
-    return [[r for r in replies[i * k:(i + 1) * k] if r] for i in range(len(items))]
-
-
 def run(records: list[dict], step, ctx) -> list[dict]:
     """The critique step: the student's and the teacher's sampled answers to records of the data so
     far, critiqued by the teacher (with the record's answer as the reference when step.reference)."""
-    from .registry import student_answers, task_items
+    from .registry import student_answers, task_items, teacher_answers
     per_item = 2 * step.teacher_samples + step.samples  # teacher answers, then one critique per candidate
     items = task_items(records, step.items, ctx.step_seed)[:ctx.left() // max(1, per_item)]
     ours = student_answers(ctx, step.name, items, step.samples, step.temperature)
-    theirs = teacher_candidates(ctx.teacher, ctx.instruction, items, step.teacher_samples, step.temperature)
+    theirs = teacher_answers(ctx.teacher, ctx.instruction, items, step.teacher_samples, step.temperature)
     shown = items if step.reference else [(text, None) for text, _ in items]
     result = critique_candidates(ctx.teacher, ctx.instruction, shown, [a + b for a, b in zip(ours, theirs)],
                                  ctx.round)

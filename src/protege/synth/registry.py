@@ -15,10 +15,11 @@ import random
 from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from ..config import MetricConfig, TeacherConfig
 from ..evaluate.metrics.exact import normalize
+from ..teachers import TeacherRequest
 from .records import is_task_answer, record_answer, record_input  # noqa: F401 (is_task_answer: re-exported)
 
 # step name -> the file of this folder that runs it
@@ -141,6 +142,15 @@ def verifier(spec: str, ctx: SynthContext) -> Callable[[str, str, str], bool]:
         return lambda text, answer, reference: bool(check(text, answer))
     from ..evaluate.metrics import score
     return lambda text, answer, reference: score(ctx.metric, answer, reference)[0] >= 1
+
+
+def teacher_answers(teacher, instruction: str, items: Sequence[tuple[str, str | None]], k: int,
+                    temperature: float) -> list[list[str]]:
+    """k sampled answers of the teacher per item (empty replies left out)."""
+    requests = [TeacherRequest("answer", instruction, input=text, sample=j, temperature=temperature)
+                for text, _ in items for j in range(k)]
+    replies = teacher.complete(requests)
+    return [[r for r in replies[i * k:(i + 1) * k] if r] for i in range(len(items))]
 
 
 def student_answers(ctx: SynthContext, step: str, items: list[tuple[str, str]], k: int,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..teachers import TeacherRequest
 from .records import sft_record
 
 
@@ -27,19 +26,12 @@ def verified(text: str, samples: list[str | None], reference: str, is_right: Cal
     return kept
 
 
-def teacher_samples(ctx, items: list[tuple[str, str]], k: int, temperature: float) -> list[list[str | None]]:
-    requests = [TeacherRequest("answer", ctx.instruction, input=text, sample=j, temperature=temperature)
-                for text, _ in items for j in range(k)]
-    replies = ctx.teacher.complete(requests)
-    return [replies[i * k:(i + 1) * k] for i in range(len(items))]
-
-
 def run(records: list[dict], step, ctx) -> list[dict]:
-    from .registry import student_answers, task_items, verifier
+    from .registry import student_answers, task_items, teacher_answers, verifier
     items = task_items(records, step.items, ctx.step_seed)
     if step.sampler == "teacher":
         items = items[:ctx.left() // step.samples]
-        samples = teacher_samples(ctx, items, step.samples, step.temperature)
+        samples = teacher_answers(ctx.teacher, ctx.instruction, items, step.samples, step.temperature)
     else:
         samples = student_answers(ctx, step.name, items, step.samples, step.temperature)
     is_right = verifier(step.verifier, ctx)
