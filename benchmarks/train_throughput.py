@@ -21,7 +21,8 @@ batch the collator builds, the same way for both), all tokens/s (the tokens of t
 padding), the first and final loss and the mean loss over the last steps (equal learning: the
 same loss after the same examples), and the model FLOPs utilization (MFU): model FLOPs per second
 (formula in training_flops) over the torch.mm peak, measured in this same process on the same threads,
-of the dtype the run's matmuls use (CPU: fp32 for protege, bf16 autocast for TRL's default; GPU: bf16).
+of the dtype the run's matmuls use (bf16 autocast for TRL's default; for protege bf16 on a GPU or a CPU
+with AMX, else fp32), and on a CPU also against the fp32 peak.
 On shared cores the numbers swing widely: the peaks are taken before and after the runs, and a large
 gap between the two says the machine was busy; --order swaps which run goes first.
 
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="examples per optimizer step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of both runs (default: %(default)s)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                        help="auto: cuda when there is a GPU (bf16 there), else cpu (fp32 for protege)")
+                        help="auto: cuda when there is a GPU, else cpu (protege: bf16 on a GPU or an AMX CPU)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the runs and the peak (default: torch's own choice)")
     parser.add_argument("--order", choices=["trl-first", "protege-first"], default="trl-first",
@@ -351,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"protege MFU = {ours['flops_per_s'] / 1e9:.2f} GFLOP/s / {peaks[ours['precision']] / 1e9:.1f} GFLOP/s "
               f"({ours['precision']} peak) = {ours['mfu']:.1%}; each run's MFU is against the peak of the dtype its "
               f"matmuls run in (TRL-defaults: {base['precision']} autocast)")
+        if "fp32" in peaks and ours["precision"] != "fp32":
+            print(f"against the fp32 matmul peak instead: protege {ours['flops_per_s'] / peaks['fp32']:.1%}, "
+                  f"TRL-defaults {base['flops_per_s'] / peaks['fp32']:.1%}")
         print(f"answer-token throughput ratio protege/TRL-defaults: {ours['answer_tps'] / base['answer_tps']:.2f}x")
 
 

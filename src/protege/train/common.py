@@ -18,6 +18,7 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from ..config import TrainConfig
+from . import packed_attention
 from .adapters import apply_hft, learning_rate
 
 
@@ -76,11 +77,27 @@ def load_trainable(model_path: Path, cfg: TrainConfig, stage_seed: int):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                 attn_implementation=packed_attention.register())
     notes = {"adapter": cfg.adapter}
     if cfg.adapter == "hft":
         notes["hft"] = apply_hft(model, stage_seed)
     return model, tokenizer, notes
+
+
+def frozen_linears_to_bf16(model) -> int:
+    """Store the frozen base weights of a LoRA model in bf16 when training runs under bf16 autocast:
+    autocast casts a frozen weight anew at every use (it caches only weights that train), so this
+    is the same arithmetic without the casts. The tied output embedding keeps its dtype (the input
+    lookup reads it too). Returns how many linear layers were cast."""
+    tied = model.get_input_embeddings().weight
+    cast = 0
+    for module in model.modules():
+        params = [p for p in (module.weight, module.bias) if p is not None] if isinstance(module, torch.nn.Linear) else []
+        if params and module.weight is not tied and not any(p.requires_grad for p in params):
+            module.to(torch.bfloat16)
+            cast += 1
+    return cast
 
 
 class TokenCounter:

@@ -7,17 +7,22 @@ template (TRL's assistant_only_loss needs {% generation %} markers, which most t
 By default the examples of a batch are laid end to end in one row with position ids that restart
 at each example (TRL's padding-free collator): no padding is computed, and transformers builds a
 block-diagonal attention mask from the position ids, so no example attends to another. TRL's
-fused LM head then projects onto the vocabulary only the positions that have a label."""
+attention runs per example (packed_attention.py), and the vocabulary projection and the loss run
+only at the positions that have a label (answer_loss.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
+import torch
+from trl import SFTTrainer
+
 from ..config import TrainConfig
 from .adapters import peft_config
-from .common import (TokenCounter, attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir,
-                     trainer_kwargs)
+from .answer_loss import answer_positions, answer_token_loss, answer_token_stats
+from .common import (TokenCounter, attach_callbacks, fit, frozen_linears_to_bf16, load_trainable, save_trained,
+                     tensorboard_dir, trainer_kwargs)
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
@@ -63,22 +68,40 @@ def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
     return SFTConfig(**{**trainer_kwargs(cfg, checkpoints, device), **packing})
 
 
+class AnswerLossSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with a loss that asks the model for logits only at the answer positions."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        rows, positions, targets = answer_positions(inputs["labels"])
+        kept = positions.unique()  # sorted; one set of positions for every row of a padded batch
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        outputs = model(**model_inputs, use_cache=False, logits_to_keep=kept)
+        logits = outputs.logits[rows, torch.searchsorted(kept, positions)]
+        loss = answer_token_loss(logits, targets, len(targets) if num_items_in_batch is None else num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # num_items counts every rank; DDP averages
+        mode = "train" if model.training else "eval"
+        for key, value in answer_token_stats(logits, targets).items():
+            self._metrics[mode][key].append(value)
+        return (loss, outputs) if return_outputs else loss
+
+
 def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
               stage_seed: int = 0, checkpoints: Path | None = None,
               wrap_collator: Callable | None = None, notes: dict | None = None) -> dict:
     """Train on chat records and save the adapter (or the whole model) into output_dir/model.
     `wrap_collator(collator, tokenizer)` lets a variant (masked-thought) change each batch;
     `notes` go into the training log (a variant's name and settings)."""
-    from trl import SFTTrainer
-
     if not records:
         raise ValueError("no training data: every example was removed or the teacher answered none")
     checkpoints = checkpoints or output_dir / "checkpoints"
     model, tokenizer, loaded = load_trainable(model_path, cfg, stage_seed)
     tensorboard_dir(output_dir)
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
+    trainer = AnswerLossSFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
                          train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
                          processing_class=tokenizer, peft_config=peft_config(cfg))
+    if cfg.adapter == "lora" and trainer.args.bf16:
+        frozen_linears_to_bf16(trainer.model)
     collator = wrap_collator(trainer.data_collator, tokenizer) if wrap_collator else trainer.data_collator
     trainer.data_collator = counter = TokenCounter(collator)
     attach_callbacks(trainer, counter)

@@ -1,0 +1,139 @@
+"""What makes protege's SFT fast, each checked against the slow way it replaces: the loss only at
+answer positions (hand-computed numbers, and equal to the model's own loss), attention per packed
+example (equal logits and gradients), and frozen LoRA base weights stored in bf16 (the same
+numbers as bf16 autocast casting them at every use)."""
+
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from protege.models import model_dir
+from protege.train.answer_loss import answer_positions, answer_token_loss, answer_token_stats
+from protege.train.common import frozen_linears_to_bf16
+from protege.train.packed_attention import example_bounds, register
+
+TINY = model_dir("tiny:0")
+
+
+def test_answer_positions_are_the_ones_whose_next_token_is_a_label():
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 3, -100, -100, 4]])
+    rows, positions, targets = answer_positions(labels)
+    assert rows.tolist() == [0, 0, 1, 1]
+    assert positions.tolist() == [1, 2, 0, 3]  # position t predicts the label at t + 1
+    assert targets.tolist() == [7, 8, 3, 4]
+
+
+def test_answer_token_loss_against_hand_computed_cross_entropy():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 3.0]])
+    targets = torch.tensor([0, 1])
+    # -log softmax: row 0 target 0: log(e^2 + 2) - 2; row 1 target 1: log(1 + e + e^3) - 1
+    first = math.log(math.exp(2) + 2) - 2
+    second = math.log(1 + math.e + math.exp(3)) - 1
+    assert answer_token_loss(logits, targets, 2).item() == pytest.approx((first + second) / 2, rel=1e-6)
+    # under gradient accumulation the sum is divided by the answer tokens of the whole step
+    assert answer_token_loss(logits, targets, 5).item() == pytest.approx((first + second) / 5, rel=1e-6)
+    assert answer_token_loss(logits.bfloat16(), targets, 2).dtype == torch.float32
+
+
+def test_answer_token_stats_count_top1_and_entropy():
+    logits = torch.tensor([[0.0, 0.0], [5.0, 0.0]])
+    stats = answer_token_stats(logits, torch.tensor([1, 0]))
+    # row 0 is a tie: argmax picks token 0, so only row 1 is ranked first
+    assert stats["mean_token_accuracy"] == 0.5
+    p = 1 / (1 + math.exp(-5))
+    row1 = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert stats["entropy"] == pytest.approx((math.log(2) + row1) / 2, rel=1e-5)
+
+
+def test_loss_at_answer_positions_equals_the_models_full_loss():
+    model = AutoModelForCausalLM.from_pretrained(TINY)
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18]])
+    labels = torch.tensor([[-100, -100, -100, 8, 9, -100, 11], [-100, -100, 14, 15, 16, 17, -100]])
+    rows, positions, targets = answer_positions(labels)
+    kept = positions.unique()
+    logits = model(input_ids=input_ids, logits_to_keep=kept).logits[rows, torch.searchsorted(kept, positions)]
+    ours = answer_token_loss(logits, targets, len(targets))
+    assert kept.numel() < input_ids.shape[1] - 1  # the projection skipped positions
+    assert ours.item() == pytest.approx(model(input_ids=input_ids, labels=labels).loss.item(), rel=1e-5)
+
+
+def test_example_bounds_split_a_row_where_positions_restart():
+    assert example_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [(0, 3), (3, 5), (5, 6)]
+    assert example_bounds(torch.tensor([[0, 1, 2, 3]])) is None  # one example: plain causal attention
+    assert example_bounds(torch.tensor([[0, 1], [0, 1]])) is None  # a padded batch
+    assert example_bounds(None) is None
+
+
+def packed_inputs():
+    lengths = [5, 3, 7]
+    ids = torch.arange(20, 20 + sum(lengths)).reshape(1, -1)
+    positions = torch.cat([torch.arange(n) for n in lengths]).reshape(1, -1)
+    return lengths, ids, positions
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_example_attention_equals_the_block_diagonal_mask(dtype):
+    """The same logits and gradients as transformers' sdpa with its block-diagonal mask (GQA: the
+    tiny model has 4 query heads over 2 key/value heads), and each example's logits alone."""
+    lengths, ids, positions = packed_inputs()
+    results = {}
+    for implementation in ("sdpa", register()):
+        model = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation=implementation, dtype=dtype)
+        logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        logits.float().square().mean().backward()
+        grads = {name: p.grad.float().clone() for name, p in model.named_parameters() if "q_proj" in name}
+        results[implementation] = (logits.float().detach(), grads)
+    (reference, reference_grads), (ours, our_grads) = results.values()
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(ours, reference, atol=tolerance)
+    for name in reference_grads:
+        assert torch.allclose(our_grads[name], reference_grads[name], atol=tolerance, rtol=tolerance)
+    if dtype == torch.float32:
+        model = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation=register())
+        with torch.no_grad():
+            alone = torch.cat([model(input_ids=part[None]).logits[0]
+                               for part in ids[0].split(lengths)])
+        assert torch.allclose(ours[0], alone, atol=1e-5)
+
+
+def test_a_padded_batch_and_generation_take_plain_sdpa():
+    model = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation=register()).eval()
+    reference = AutoModelForCausalLM.from_pretrained(TINY).eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits,
+                              reference(input_ids=ids, attention_mask=mask).logits, atol=1e-6)
+    generated = model.generate(input_ids=ids[1:], max_new_tokens=4, do_sample=False)
+    assert torch.equal(generated, reference.generate(input_ids=ids[1:], max_new_tokens=4, do_sample=False))
+
+
+def lora_model():
+    model = AutoModelForCausalLM.from_pretrained(TINY)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def test_frozen_bf16_base_gives_autocasts_numbers_and_leaves_the_embedding():
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    losses, grads = [], []
+    for cast in (False, True):
+        torch.manual_seed(0)
+        model = lora_model()
+        with torch.no_grad():  # LoRA's B starts at zero: give the adapter something to do
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+        if cast:
+            assert frozen_linears_to_bf16(model) == 2 * 7  # q k v o gate up down in 2 layers
+            assert model.get_input_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    assert losses[0] == losses[1]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
