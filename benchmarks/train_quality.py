@@ -24,8 +24,10 @@ CONFIGS = {
     "cft-lora": ["train.method=cft", "train.adapter=lora", "train.cft_ratio=0.5"],
     "dpo-lora": ["train.method=dpo", "train.adapter=lora"],
     "grpo-lora": ["train.method=grpo", "train.adapter=lora"],
-    "sft-hft": ["train.method=sft", "train.adapter=hft"],
-    "cft-hft": ["train.method=cft", "train.adapter=hft", "train.cft_ratio=0.5"],
+    # HFT updates whole matrices: a full-fine-tuning learning rate, 4x protege's default for it (5e-5),
+    # which barely moved the student in one epoch
+    "sft-hft": ["train.method=sft", "train.adapter=hft", "train.learning_rate=2e-4"],
+    "cft-hft": ["train.method=cft", "train.adapter=hft", "train.cft_ratio=0.5", "train.learning_rate=2e-4"],
 }
 
 
@@ -40,23 +42,32 @@ def run_config(task: str, runs: Path, name: str, extra: list[str]) -> dict:
         return {"name": name, "error": f"exit {done.returncode}"}
     summary = json.loads((runs / "summary.json").read_text())
     best = summary["rounds"][0]
+    lost = best.get("forgetting") or {}
     return {"name": name, "test": best["test_accuracy"], "dev": best["dev_accuracy"], "n": summary["test_items"],
+            "probe_change": lost.get("probe_change"), "negative_flips": lost.get("negative_flip_rate"),
+            "ppl_ratio": lost.get("perplexity_ratio"), "probe_base": lost.get("probe_base"),
             "base": summary["base"]["accuracy"], "teacher": summary["teacher"]["accuracy"],
             "examples": best["train_examples"], "requests": summary["teacher_requests"]["spent"],
             "seconds": round(time.time() - start), "device": summary["device"]}
 
 
+def number(value, form: str) -> str:
+    return "" if value is None else format(value, form)
+
+
 def table(rows: list[dict]) -> str:
     ok = [r for r in rows if "error" not in r]
-    lines = ["| configuration | held-out accuracy | dev | examples | teacher requests | seconds |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| configuration | held-out accuracy | dev | probe change | negative flips | ppl ratio | examples | "
+             "teacher requests | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     if ok:
-        lines.append(f"| base student | {ok[0]['base']:.1%} | | | | |")
-        lines.append(f"| teacher | {ok[0]['teacher']:.1%} | | | | |")
+        probe = next((r["probe_base"] for r in ok if r["probe_base"] is not None), None)
+        lines.append(f"| base student | {ok[0]['base']:.1%} | | {number(probe, '.1%')} (probe accuracy) | | | | | |")
+        lines.append(f"| teacher | {ok[0]['teacher']:.1%} | | | | | | | |")
     for r in rows:
-        lines.append(f"| {r['name']} | failed: {r['error']} | | | | |" if "error" in r else
-                     f"| {r['name']} | {r['test']:.1%} | {r['dev']:.1%} | {r['examples']} | {r['requests']} | "
-                     f"{r['seconds']} |")
+        lines.append(f"| {r['name']} | failed: {r['error']} | | | | | | | |" if "error" in r else
+                     f"| {r['name']} | {r['test']:.1%} | {r['dev']:.1%} | {number(r['probe_change'], '+.1%')} | "
+                     f"{number(r['negative_flips'], '.1%')} | {number(r['ppl_ratio'], '.3f')} | {r['examples']} | "
+                     f"{r['requests']} | {r['seconds']} |")
     return "\n".join(lines)
 
 
