@@ -240,3 +240,15 @@ def test_curation_judge_requests_are_recorded_and_charged(tmp_path, examples_dir
                         and any('"quality"' in line for line in (p / "train.jsonl").read_text().splitlines()))
     asked = json.loads((curate_stage / "teacher.json").read_text())["requests"]
     assert asked > 0 and judged == plain + asked
+
+
+def test_critiques_of_a_later_round_carry_its_number(tmp_path, examples_dir):
+    run_dir = tmp_path / "run"
+    # the later --set of a key wins
+    assert main(["run", str(examples_dir / "arithmetic"), "--run-dir", str(run_dir), *METHOD_FAST,
+                 "--set", "rounds=2", "--set", "train.method=cft"]) == 0
+    folders = {name.rsplit("-", 1)[0]: run_dir / "stages" / name for name in stage_names(run_dir)}
+    assert "critique-r1" in folders, "the loop stopped after round 0: the test would prove nothing"
+    for round_ in (0, 1):
+        records = read_jsonl(folders[f"critique-r{round_}"] / "critiques.jsonl")
+        assert records and {r["meta"]["round"] for r in records} == {round_}

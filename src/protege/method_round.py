@@ -158,7 +158,7 @@ def critique_stage(ctx, round_: int, train_file: Path) -> Path:
         samples = student_samples(ctx, ctx.base, items, spec.train.cft_candidates, round_)
         # critique_requests skips empty and repeated candidates itself
         candidates = [[*s, ref] for s, (_, ref) in zip(samples, items)]
-        result = critique_candidates(ctx.teacher, spec.instruction, items, candidates)
+        result = critique_candidates(ctx.teacher, spec.instruction, items, candidates, round_)
         ctx.say(f"round {round_}: {len(result.records)} critiques ({result.malformed} without a verdict "
                 f"and {result.unanswered} unanswered were dropped)")
         write_jsonl(out / "critiques.jsonl", result.records)
