@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from protege.models import model_dir
-from protege.train.answer_loss import answer_positions, answer_token_loss, answer_token_stats
+from protege.train.answer_loss import answer_log_probs, answer_positions, answer_token_loss, answer_token_stats
 from protege.train.common import frozen_linears_to_bf16
 from protege.train.packed_attention import example_bounds, register
 
@@ -32,15 +32,16 @@ def test_answer_token_loss_against_hand_computed_cross_entropy():
     # -log softmax: row 0 target 0: log(e^2 + 2) - 2; row 1 target 1: log(1 + e + e^3) - 1
     first = math.log(math.exp(2) + 2) - 2
     second = math.log(1 + math.e + math.exp(3)) - 1
-    assert answer_token_loss(logits, targets, 2).item() == pytest.approx((first + second) / 2, rel=1e-6)
+    log_probs = answer_log_probs(logits)
+    assert answer_token_loss(log_probs, targets, 2).item() == pytest.approx((first + second) / 2, rel=1e-6)
     # under gradient accumulation the sum is divided by the answer tokens of the whole step
-    assert answer_token_loss(logits, targets, 5).item() == pytest.approx((first + second) / 5, rel=1e-6)
-    assert answer_token_loss(logits.bfloat16(), targets, 2).dtype == torch.float32
+    assert answer_token_loss(log_probs, targets, 5).item() == pytest.approx((first + second) / 5, rel=1e-6)
+    assert answer_log_probs(logits.bfloat16()).dtype == torch.float32
 
 
 def test_answer_token_stats_count_top1_and_entropy():
     logits = torch.tensor([[0.0, 0.0], [5.0, 0.0]])
-    stats = answer_token_stats(logits, torch.tensor([1, 0]))
+    stats = answer_token_stats(answer_log_probs(logits), torch.tensor([1, 0]))
     # row 0 is a tie: argmax picks token 0, so only row 1 is ranked first
     assert stats["mean_token_accuracy"] == 0.5
     p = 1 / (1 + math.exp(-5))
@@ -55,13 +56,15 @@ def test_loss_at_answer_positions_equals_the_models_full_loss():
     rows, positions, targets = answer_positions(labels)
     kept = positions.unique()
     logits = model(input_ids=input_ids, logits_to_keep=kept).logits[rows, torch.searchsorted(kept, positions)]
-    ours = answer_token_loss(logits, targets, len(targets))
+    ours = answer_token_loss(answer_log_probs(logits), targets, len(targets))
     assert kept.numel() < input_ids.shape[1] - 1  # the projection skipped positions
     assert ours.item() == pytest.approx(model(input_ids=input_ids, labels=labels).loss.item(), rel=1e-5)
 
 
 def test_example_bounds_split_a_row_where_positions_restart():
     assert example_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [(0, 3), (3, 5), (5, 6)]
+    # the edges TRL's padding-free collator sends (cu_seq_lens_q) are taken as they are
+    assert example_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]]), torch.tensor([0, 3, 5, 6])) == [(0, 3), (3, 5), (5, 6)]
     assert example_bounds(torch.tensor([[0, 1, 2, 3]])) is None  # one example: plain causal attention
     assert example_bounds(torch.tensor([[0, 1], [0, 1]])) is None  # a padded batch
     assert example_bounds(None) is None

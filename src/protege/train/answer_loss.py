@@ -20,21 +20,26 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return rows, positions, following[rows, positions]
 
 
-def answer_token_loss(logits: torch.Tensor, targets: torch.Tensor, num_items: int | torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the answer tokens (logits: one row per target) over num_items, the
+def answer_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary in float32 whatever the logits' dtype; the loss and the
+    logged statistics both read it, so it is computed once a step."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def answer_token_loss(log_probs: torch.Tensor, targets: torch.Tensor, num_items: int | torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the answer tokens (log_probs: one row per target) over num_items, the
     answer tokens of the whole optimizer step, as transformers scales a loss under gradient
-    accumulation. Computed in float32 whatever the logits' dtype."""
-    total = F.cross_entropy(logits.float(), targets, reduction="sum")
+    accumulation."""
+    total = F.nll_loss(log_probs, targets, reduction="sum")
     return total / torch.as_tensor(num_items, device=total.device).clamp(min=1)
 
 
 @torch.no_grad()
-def answer_token_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+def answer_token_stats(log_probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """What TRL's SFT logs: the share of answer tokens the model ranks first, and the mean entropy of
     its next-token distribution there."""
     if targets.numel() == 0:
         return {"mean_token_accuracy": 0.0, "entropy": 0.0}
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return {"mean_token_accuracy": (logits.argmax(-1) == targets).float().mean().item(),
+    return {"mean_token_accuracy": (log_probs.argmax(-1) == targets).float().mean().item(),
             "entropy": entropy.mean().item()}

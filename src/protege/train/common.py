@@ -91,13 +91,11 @@ def frozen_linears_to_bf16(model) -> int:
     is the same arithmetic without the casts. The tied output embedding keeps its dtype (the input
     lookup reads it too). Returns how many linear layers were cast."""
     tied = model.get_input_embeddings().weight
-    cast = 0
-    for module in model.modules():
-        params = [p for p in (module.weight, module.bias) if p is not None] if isinstance(module, torch.nn.Linear) else []
-        if params and module.weight is not tied and not any(p.requires_grad for p in params):
-            module.to(torch.bfloat16)
-            cast += 1
-    return cast
+    frozen = [module for module in model.modules() if isinstance(module, torch.nn.Linear)
+              and module.weight is not tied and not any(p.requires_grad for p in module.parameters(recurse=False))]
+    for module in frozen:
+        module.to(torch.bfloat16)
+    return len(frozen)
 
 
 class TokenCounter:

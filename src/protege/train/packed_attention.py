@@ -18,23 +18,28 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 NAME = "protege_packed_sdpa"
 
 
-def example_bounds(position_ids: torch.Tensor | None) -> list[tuple[int, int]] | None:
-    """(start, end) of each example in one padding-free row, where its positions restart; None when
-    there is no such row (no position ids, several rows, or a single example)."""
+def example_bounds(position_ids: torch.Tensor | None,
+                   cu_seq_lens: torch.Tensor | None = None) -> list[tuple[int, int]] | None:
+    """(start, end) of each example in one padding-free row; None when there is no such row (no
+    position ids, several rows, or a single example). TRL's padding-free collator sends the edges
+    as cu_seq_lens_q; without them they are where the positions restart."""
     if position_ids is None or position_ids.ndim != 2 or position_ids.shape[0] != 1:
         return None
-    row = position_ids[0]
-    # as transformers' find_packed_sequence_indices: a new example wherever a position is not the last + 1
-    starts = [0] + ((row[1:] - row[:-1]) != 1).nonzero().flatten().add(1).tolist()
-    if len(starts) < 2:
+    if cu_seq_lens is not None:
+        edges = cu_seq_lens.tolist()
+    else:
+        row = position_ids[0]
+        # as transformers' find_packed_sequence_indices: a new example wherever a position is not the last + 1
+        edges = [0] + ((row[1:] - row[:-1]) != 1).nonzero().flatten().add(1).tolist() + [row.shape[0]]
+    if len(edges) < 3:
         return None
-    return list(zip(starts, starts[1:] + [row.shape[0]]))
+    return list(zip(edges, edges[1:]))
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                         scaling: float | None = None, position_ids=None, **kwargs):
     """transformers' attention-function signature: query (batch, heads, length, head_dim)."""
-    bounds = example_bounds(position_ids)
+    bounds = example_bounds(position_ids, kwargs.get("cu_seq_lens_q"))
     plain = (bounds is None or query.shape[2] != key.shape[2] or kwargs.get("softcap") is not None
              or kwargs.get("sliding_window") or getattr(module, "sliding_window", None))
     if plain:

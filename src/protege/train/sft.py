@@ -20,7 +20,7 @@ from trl import SFTTrainer
 
 from ..config import TrainConfig
 from .adapters import peft_config
-from .answer_loss import answer_positions, answer_token_loss, answer_token_stats
+from .answer_loss import answer_log_probs, answer_positions, answer_token_loss, answer_token_stats
 from .common import (TokenCounter, attach_callbacks, fit, frozen_linears_to_bf16, load_trainable, save_trained,
                      tensorboard_dir, trainer_kwargs)
 
@@ -76,12 +76,12 @@ class AnswerLossSFTTrainer(SFTTrainer):
         kept = positions.unique()  # sorted; one set of positions for every row of a padded batch
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
         outputs = model(**model_inputs, use_cache=False, logits_to_keep=kept)
-        logits = outputs.logits[rows, torch.searchsorted(kept, positions)]
-        loss = answer_token_loss(logits, targets, len(targets) if num_items_in_batch is None else num_items_in_batch)
+        log_probs = answer_log_probs(outputs.logits[rows, torch.searchsorted(kept, positions)])
+        loss = answer_token_loss(log_probs, targets, len(targets) if num_items_in_batch is None else num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items counts every rank; DDP averages
         mode = "train" if model.training else "eval"
-        for key, value in answer_token_stats(logits, targets).items():
+        for key, value in answer_token_stats(log_probs, targets).items():
             self._metrics[mode][key].append(value)
         return (loss, outputs) if return_outputs else loss
 
