@@ -47,8 +47,8 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
                                       scaling=scaling, position_ids=position_ids, **kwargs)
     dtype = query.dtype
     if query.device.type == "cpu":
-        # the CPU's flash kernel in bf16 took 3x the time of fp32 (forward and backward, 8 examples
-        # of 55-95 tokens, 9 heads); the inputs are small, so the casts cost little
+        # the CPU's flash kernel in bf16 took 2-3x the time of fp32 (forward and backward, 8 examples
+        # of 55-95 tokens, 9 heads: benchmarks/profile_sft_step.py --attention); the casts cost little
         query, key, value = query.float(), key.float(), value.float()
     gqa = query.shape[1] != key.shape[1]
     parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,

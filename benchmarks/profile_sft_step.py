@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Where a protege sft step spends its time: step seconds and the torch profiler's top operators.
+
+Trains protege's `sft` with LoRA on the first --examples chat records of train_throughput.py's data
+(batch 8), times every optimizer step, and profiles steps 3 to 5. With --attention it instead times
+one layer's attention over a packed row of 8 examples (forward and backward, the embedded student's
+9 query and 3 key/value heads): the block-diagonal mask, and one causal sdpa per example in bf16 and
+in fp32.
+
+    python benchmarks/profile_sft_step.py              # embedded SmolLM2-135M
+    python benchmarks/profile_sft_step.py --attention
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_throughput  # noqa: E402  (the data both benchmarks train on)
+
+
+def profile_steps(model: str, examples: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    import protege.train.sft as sft
+    from protege.config import TrainConfig
+    from protege.models import model_dir
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds, self.profiler, self.start = [], None, 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+            if state.global_step == 3:
+                self.profiler = profile(activities=[ProfilerActivity.CPU])
+                self.profiler.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.start)
+            if state.global_step == 6:
+                self.profiler.__exit__(None, None, None)
+
+    timer, attach = StepTimer(), sft.attach_callbacks
+    sft.attach_callbacks = lambda trainer, counter=None: (attach(trainer, counter), trainer.add_callback(timer))
+    cfg = TrainConfig(adapter="lora", batch_size=8, epochs=1, learning_rate=1e-3, report_to=["none"], seed=42)
+    sft.train_sft(model_dir(model, train_throughput.REPO), train_throughput.build_records(examples), cfg,
+                  Path(tempfile.mkdtemp(prefix="protege-profile-")))
+    if timer.profiler is not None:
+        print(timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    print("step seconds:", " ".join(f"{s:.2f}" for s in timer.seconds))
+
+
+def time_attention(repeats: int = 40) -> None:
+    lengths, heads, kv_heads, head_dim = [62, 95, 71, 88, 55, 80, 77, 72], 9, 3, 64
+    edges = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    total = edges[-1]
+
+    def tensor(n):  # (1, heads, tokens, head_dim), laid out as the model's transpose leaves it
+        return torch.randn(1, total, n, head_dim, dtype=torch.bfloat16, requires_grad=True).transpose(1, 2)
+
+    q, k, v = tensor(heads), tensor(kv_heads), tensor(kv_heads)
+    example = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    mask = (example[:, None] == example[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
+
+    def per_example(dtype):
+        a, b, c = q.to(dtype), k.to(dtype), v.to(dtype)
+        return torch.cat([F.scaled_dot_product_attention(a[:, :, s:e], b[:, :, s:e], c[:, :, s:e], is_causal=True,
+                                                         enable_gqa=True) for s, e in zip(edges, edges[1:])], 2)
+
+    ways = {"block-diagonal mask, bf16": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                               enable_gqa=True),
+            "per example, bf16": lambda: per_example(torch.bfloat16),
+            "per example, fp32": lambda: per_example(torch.float32)}
+    for name, run in ways.items():
+        run().float().sum().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run().float().sum().backward()
+        print(f"{name}: {(time.perf_counter() - start) / repeats * 1000:.1f} ms forward and backward")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="embedded:NAME, tiny:SEED or a directory")
+    parser.add_argument("--examples", type=int, default=64, help="training examples, batch 8 (default: %(default)s)")
+    parser.add_argument("--attention", action="store_true", help="time the attention variants instead")
+    args = parser.parse_args()
+    time_attention() if args.attention else profile_steps(args.model, args.examples)
+
+
+if __name__ == "__main__":
+    main()
