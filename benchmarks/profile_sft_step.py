@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput  # noqa: E402  (the data both benchmarks train on)
 
 
-def profile_steps(model: str, examples: int) -> None:
+def profile_steps(model: str, examples: int, shapes: bool = False) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -41,7 +41,7 @@ def profile_steps(model: str, examples: int) -> None:
         def on_step_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
             if state.global_step == 3:
-                self.profiler = profile(activities=[ProfilerActivity.CPU])
+                self.profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=shapes)
                 self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -55,7 +55,8 @@ def profile_steps(model: str, examples: int) -> None:
     sft.train_sft(model_dir(model, train_throughput.REPO), train_throughput.build_records(examples), cfg,
                   Path(tempfile.mkdtemp(prefix="protege-profile-")))
     if timer.profiler is not None:
-        print(timer.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        averages = timer.profiler.key_averages(group_by_input_shape=shapes)
+        print(averages.table(sort_by="self_cpu_time_total", row_limit=30 if shapes else 20))
     print("step seconds:", " ".join(f"{s:.2f}" for s in timer.seconds))
 
 
@@ -76,10 +77,17 @@ def time_attention(repeats: int = 40) -> None:
         return torch.cat([F.scaled_dot_product_attention(a[:, :, s:e], b[:, :, s:e], c[:, :, s:e], is_causal=True,
                                                          enable_gqa=True) for s, e in zip(edges, edges[1:])], 2)
 
+    def padded_batch(dtype):
+        from protege.train.packed_attention import padded_causal_sdpa
+        bounds = list(zip(edges, edges[1:]))
+        return padded_causal_sdpa(q.to(dtype), k.to(dtype), v.to(dtype), bounds, 0.0, None)[0]
+
     ways = {"block-diagonal mask, bf16": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                                                enable_gqa=True),
             "per example, bf16": lambda: per_example(torch.bfloat16),
-            "per example, fp32": lambda: per_example(torch.float32)}
+            "per example, fp32": lambda: per_example(torch.float32),
+            "examples padded into one batch, bf16": lambda: padded_batch(torch.bfloat16),
+            "examples padded into one batch, fp32": lambda: padded_batch(torch.float32)}
     for name, run in ways.items():
         run().float().sum().backward()  # warm-up
         start = time.perf_counter()
@@ -93,8 +101,9 @@ def main() -> None:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="embedded:NAME, tiny:SEED or a directory")
     parser.add_argument("--examples", type=int, default=64, help="training examples, batch 8 (default: %(default)s)")
     parser.add_argument("--attention", action="store_true", help="time the attention variants instead")
+    parser.add_argument("--shapes", action="store_true", help="the operators split by input shapes")
     args = parser.parse_args()
-    time_attention() if args.attention else profile_steps(args.model, args.examples)
+    time_attention() if args.attention else profile_steps(args.model, args.examples, args.shapes)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from protege.models import model_dir
 from protege.train.answer_loss import answer_log_probs, answer_positions, answer_token_loss, answer_token_stats
 from protege.train.common import frozen_linears_to_bf16
-from protege.train.packed_attention import example_bounds, register
+from protege.train.packed_attention import example_bounds, padded_causal_sdpa, padded_slots, register
 
 TINY = model_dir("tiny:0")
 
@@ -100,6 +101,27 @@ def test_per_example_attention_equals_the_block_diagonal_mask(dtype):
             alone = torch.cat([model(input_ids=part[None]).logits[0]
                                for part in ids[0].split(lengths)])
         assert torch.allclose(ours[0], alone, atol=1e-5)
+
+
+def test_padded_slots_gather_each_example_and_keep_its_real_tokens():
+    gather, keep = padded_slots(((0, 3), (3, 5), (5, 6)), "cpu")
+    # 3 examples padded to 3 slots, each padded with its own last token
+    assert gather.tolist() == [0, 1, 2, 3, 4, 4, 5, 5, 5]
+    assert keep.tolist() == [0, 1, 2, 3, 4, 6]
+
+
+def test_packed_attention_stays_float32_under_cpu_bf16_autocast():
+    """CPU autocast runs sdpa in bf16 whatever its inputs (2-3x slower on the CPU and less exact);
+    the packed attention opts out, so under autocast it gives the fp32 numbers."""
+    lengths, heads, kv_heads = [5, 3, 7], 4, 2
+    query, key, value = (torch.randn(1, n, sum(lengths), 8) for n in (heads, kv_heads, kv_heads))
+    bounds = [(0, 5), (5, 8), (8, 15)]
+    reference = torch.cat([F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
+                                                          is_causal=True, enable_gqa=True) for s, e in bounds], 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, _ = padded_causal_sdpa(query, key, value, bounds, 0.0, None)
+    assert ours.dtype == torch.float32
+    assert torch.allclose(ours, reference.transpose(1, 2), atol=1e-6)
 
 
 def test_a_padded_batch_and_generation_take_plain_sdpa():

@@ -2,12 +2,15 @@
 
 With several examples laid end to end in one row, transformers' sdpa builds a block-diagonal mask
 and still multiplies the whole row against itself: 8 examples of 75 tokens cost 600 x 600 scores
-where 8 x 75 x 75 are used, and the CPU's masked kernel is slow in the backward pass. Here each
-example is one causal `scaled_dot_product_attention` call on its own slice. Anything else (a
+where 8 x 75 x 75 are used, and the CPU's masked kernel is slow in the backward pass. Here the
+examples are stacked as a batch padded at the end and run through one causal
+`scaled_dot_product_attention` without a mask, in fp32 on a CPU. Anything else (a
 padded batch, a KV cache, a sliding window, soft-capping) goes to transformers' sdpa unchanged.
 flash-attention's varlen kernels do the same on a GPU; they are not installed with protege."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -45,16 +48,44 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, position_ids=position_ids, **kwargs)
-    dtype = query.dtype
-    if query.device.type == "cpu":
+    return padded_causal_sdpa(query, key, value, bounds, dropout, scaling)
+
+
+def padded_slots(bounds: tuple[tuple[int, int], ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gather, keep): gather[i, j] is the row position of example i's token j, its last token
+    repeated past its end; keep lists, in row order, the slots of the padded (examples x longest)
+    grid that hold real tokens."""
+    longest = max(end - start for start, end in bounds)
+    slot = torch.arange(longest)
+    starts, lengths = (torch.tensor(column) for column in zip(*[(s, e - s) for s, e in bounds]))
+    gather = starts[:, None] + torch.minimum(slot[None, :], lengths[:, None] - 1)
+    keep = (slot[None, :] < lengths[:, None]).flatten().nonzero().flatten()
+    return gather.flatten().to(device), keep.to(device)
+
+
+def padded_causal_sdpa(query, key, value, bounds, dropout: float, scaling: float | None):
+    """The examples of a row stacked as a batch padded at the end, and one causal sdpa over it. A
+    causal query never reads a later key, so the padding (copies of the last token) reaches only
+    padding queries, whose outputs are dropped: every example sees exactly its own tokens. One call
+    instead of one per example: fewer, larger kernels."""
+    gather, keep = padded_slots(tuple(bounds), query.device)
+    count, dtype, cpu = len(bounds), query.dtype, query.device.type == "cpu"
+    if cpu:
         # the CPU's flash kernel in bf16 took 2-3x the time of fp32 (forward and backward, 8 examples
         # of 55-95 tokens, 9 heads: benchmarks/profile_sft_step.py --attention); the casts cost little
         query, key, value = query.float(), key.float(), value.float()
-    gqa = query.shape[1] != key.shape[1]
-    parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                            dropout_p=dropout, scale=scaling, enable_gqa=gqa)
-             for s, e in bounds]
-    return torch.cat(parts, dim=2).to(dtype).transpose(1, 2).contiguous(), None
+
+    def stacked(states):  # (1, heads, row, d) -> (examples, heads, longest, d)
+        picked = states[0].index_select(1, gather)
+        return picked.unflatten(1, (count, -1)).transpose(0, 1)
+
+    # CPU autocast would run sdpa in bf16 again, whatever its inputs
+    with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(stacked(query), stacked(key), stacked(value), is_causal=True,
+                                             dropout_p=dropout, scale=scaling,
+                                             enable_gqa=query.shape[1] != key.shape[1])
+    out = out.transpose(0, 1).flatten(1, 2).index_select(1, keep)  # (heads, row, d), the real tokens
+    return out.to(dtype).transpose(0, 1).unsqueeze(0).contiguous(), None
 
 
 def register() -> str:
