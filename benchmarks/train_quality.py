@@ -24,10 +24,9 @@ CONFIGS = {
     "cft-lora": ["train.method=cft", "train.adapter=lora", "train.cft_ratio=0.5"],
     "dpo-lora": ["train.method=dpo", "train.adapter=lora"],
     "grpo-lora": ["train.method=grpo", "train.adapter=lora"],
-    # HFT updates whole matrices: a full-fine-tuning learning rate, 4x protege's default for it (5e-5),
-    # which barely moved the student in one epoch
-    "sft-hft": ["train.method=sft", "train.adapter=hft", "train.learning_rate=2e-4"],
-    "cft-hft": ["train.method=cft", "train.adapter=hft", "train.cft_ratio=0.5", "train.learning_rate=2e-4"],
+    # each adapter at its default learning rate (1e-3 lora, 2e-4 hft)
+    "sft-hft": ["train.method=sft", "train.adapter=hft"],
+    "cft-hft": ["train.method=cft", "train.adapter=hft", "train.cft_ratio=0.5"],
 }
 
 

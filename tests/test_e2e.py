@@ -43,6 +43,21 @@ def test_run_function_teacher_then_rerun_reuses_everything(tmp_path, examples_di
     assert "round 1" in out.err and "| student, round 1" in out.out
 
 
+def test_a_changed_default_learning_rate_trains_a_new_stage(tmp_path, examples_dir, monkeypatch):
+    from protege.train import adapters
+    run_dir, one_round = tmp_path / "run", [*FAST, "--set", "rounds=1"]
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round]) == 0
+    trained = {p.name for p in (run_dir / "stages").glob("train-r0-*")}
+    default = adapters.DEFAULT_LEARNING_RATES["lora"]
+    monkeypatch.setitem(adapters.DEFAULT_LEARNING_RATES, "lora", 5e-4)
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round]) == 0
+    retrained = {p.name for p in (run_dir / "stages").glob("train-r0-*")}
+    (old,), (new,) = trained, retrained - trained
+    first_rate = [json.loads((run_dir / "stages" / name / "train_log.json").read_text())["history"][0]["learning_rate"]
+                  for name in (old, new)]
+    assert first_rate[1] == pytest.approx(first_rate[0] * 5e-4 / default)
+
+
 def chat_to_request(teacher_fn):
     """Serve a task's function teacher over HTTP: parse the chat back into the request it encodes."""
     from protege.teachers.base import TeacherRequest

@@ -313,7 +313,7 @@ class TrainConfig(Strict):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     learning_rate: float | None = Field(None, gt=0, description="Peak learning rate (linear decay); "
-                                        "empty: 1e-3 for lora, 5e-5 for hft and full.")
+                                        "empty: 1e-3 for lora, 2e-4 for hft, 5e-5 for full.")
     batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
     max_length: int = Field(512, gt=8, description="Tokens per example; longer ones are truncated.")
     packing: Literal["padding-free", "bfd", "none"] = Field(

@@ -42,11 +42,14 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
     """One training run as a stage; a LoRA trained on top of a model other than the base is merged
     into it, so every round's model/ loads with the base alone."""
     from .train import check_rows, train_method
+    from .train.adapters import learning_rate
     cfg = ctx.spec.train
     # keyed by the method this stage trains, so the sft stage that dpo and grpo start from is the
     # very stage a plain sft run trains, and is reused between them
+    # the learning rate it trains with, not the field: a default that changes must not reuse a stage
     key = {"start": start[1], "data": file_digest(data_file), "method": method,
            "train": cfg.model_copy(update={"method": method}).model_dump(),
+           "learning_rate": learning_rate(method_config(ctx, method)),
            "device": ctx.device, "sft": file_digest(sft_file) if sft_file else None}
     checkpoints = ctx.run.root / "checkpoints" / f"{name}-{digest(key)}"
 
