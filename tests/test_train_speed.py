@@ -12,7 +12,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from protege.models import model_dir
-from protege.train.answer_loss import answer_log_probs, answer_positions, answer_token_loss, answer_token_stats
+from protege.train.answer_loss import (answer_log_probs, answer_logits, answer_positions, answer_token_loss,
+                                       answer_token_stats)
 from protege.train.common import frozen_linears_to_bf16
 from protege.train.packed_attention import example_bounds, padded_causal_sdpa, padded_slots, register
 
@@ -50,15 +51,15 @@ def test_answer_token_stats_count_top1_and_entropy():
     assert stats["entropy"] == pytest.approx((math.log(2) + row1) / 2, rel=1e-5)
 
 
-def test_loss_at_answer_positions_equals_the_models_full_loss():
+@pytest.mark.parametrize("rows", [2, 1])
+def test_loss_at_answer_positions_equals_the_models_full_loss(rows):
+    """A padded batch of 2 rows, and 1 row as the padding-free collator sends."""
     model = AutoModelForCausalLM.from_pretrained(TINY)
-    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18]])
-    labels = torch.tensor([[-100, -100, -100, 8, 9, -100, 11], [-100, -100, 14, 15, 16, 17, -100]])
-    rows, positions, targets = answer_positions(labels)
-    kept = positions.unique()
-    logits = model(input_ids=input_ids, logits_to_keep=kept).logits[rows, torch.searchsorted(kept, positions)]
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18]])[:rows]
+    labels = torch.tensor([[-100, -100, -100, 8, 9, -100, 11], [-100, -100, 14, 15, 16, 17, -100]])[:rows]
+    outputs, logits, targets = answer_logits(model, {"input_ids": input_ids}, labels)
     ours = answer_token_loss(answer_log_probs(logits), targets, len(targets))
-    assert kept.numel() < input_ids.shape[1] - 1  # the projection skipped positions
+    assert outputs.logits.shape[1] < input_ids.shape[1] - 1  # the projection skipped positions
     assert ours.item() == pytest.approx(model(input_ids=input_ids, labels=labels).loss.item(), rel=1e-5)
 
 
@@ -153,6 +154,7 @@ def test_frozen_bf16_base_gives_autocasts_numbers_and_leaves_the_embedding():
                     p.normal_(0, 0.1)
         if cast:
             assert frozen_linears_to_bf16(model) == 2 * 7  # q k v o gate up down in 2 layers
+            assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules() if hasattr(m, "lora_A"))
             assert model.get_input_embeddings().weight.dtype == torch.float32
             assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -20,6 +20,20 @@ def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return rows, positions, following[rows, positions]
 
 
+def answer_logits(model, inputs: dict, labels: torch.Tensor):
+    """(outputs, logits, targets): the model run on `inputs` with the vocabulary projected only at
+    the answer positions; logits has one row per target."""
+    rows, positions, targets = answer_positions(labels)
+    kept = positions.unique()  # sorted; one set of positions for every row of a padded batch
+    outputs = model(**inputs, use_cache=False, logits_to_keep=kept)
+    logits = outputs.logits
+    if logits.shape[0] == 1:
+        # one (padding-free) row: its positions are already unique and sorted, so kept == positions
+        # (gathering would copy the logits, and its backward scatter into a zeroed copy)
+        return outputs, logits[0], targets
+    return outputs, logits[rows, torch.searchsorted(kept, positions)], targets
+
+
 def answer_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """Log-softmax over the vocabulary in float32 whatever the logits' dtype; the loss and the
     logged statistics both read it, so it is computed once a step."""

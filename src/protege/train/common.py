@@ -86,15 +86,22 @@ def load_trainable(model_path: Path, cfg: TrainConfig, stage_seed: int):
 
 
 def frozen_linears_to_bf16(model) -> int:
-    """Store the frozen base weights of a LoRA model in bf16 when training runs under bf16 autocast:
-    autocast casts a frozen weight anew at every use (it caches only weights that train), so this
-    is the same arithmetic without the casts. The tied output embedding keeps its dtype (the input
-    lookup reads it too). Returns how many linear layers were cast."""
+    """Prepare a LoRA model for bf16 autocast without the casts that change nothing. Returns how many
+    frozen linear layers were cast.
+
+    - The frozen base weights are stored in bf16: autocast casts a frozen weight anew at every use
+      (it caches only weights that train). The tied output embedding keeps its dtype (the input
+      lookup reads it too).
+    - peft casts a bf16 input up to the fp32 LoRA weights' dtype, and autocast casts it straight
+      back down for the matmul (o_proj and down_proj get bf16 inputs): peft's cast is turned off."""
     tied = model.get_input_embeddings().weight
     frozen = [module for module in model.modules() if isinstance(module, torch.nn.Linear)
               and module.weight is not tied and not any(p.requires_grad for p in module.parameters(recurse=False))]
     for module in frozen:
         module.to(torch.bfloat16)
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            module.cast_input_dtype_enabled = False
     return len(frozen)
 
 

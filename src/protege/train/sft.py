@@ -20,7 +20,7 @@ from trl import SFTTrainer
 
 from ..config import TrainConfig
 from .adapters import peft_config
-from .answer_loss import answer_log_probs, answer_positions, answer_token_loss, answer_token_stats
+from .answer_loss import answer_log_probs, answer_logits, answer_token_loss, answer_token_stats
 from .common import (TokenCounter, attach_callbacks, fit, frozen_linears_to_bf16, load_trainable, save_trained,
                      tensorboard_dir, trainer_kwargs)
 
@@ -72,11 +72,9 @@ class AnswerLossSFTTrainer(SFTTrainer):
     """TRL's SFTTrainer with a loss that asks the model for logits only at the answer positions."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        rows, positions, targets = answer_positions(inputs["labels"])
-        kept = positions.unique()  # sorted; one set of positions for every row of a padded batch
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-        outputs = model(**model_inputs, use_cache=False, logits_to_keep=kept)
-        log_probs = answer_log_probs(outputs.logits[rows, torch.searchsorted(kept, positions)])
+        outputs, logits, targets = answer_logits(model, model_inputs, inputs["labels"])
+        log_probs = answer_log_probs(logits)
         loss = answer_token_loss(log_probs, targets, len(targets) if num_items_in_batch is None else num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # num_items counts every rank; DDP averages
