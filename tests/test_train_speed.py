@@ -164,3 +164,29 @@ def test_frozen_bf16_base_gives_autocasts_numbers_and_leaves_the_embedding():
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     assert losses[0] == losses[1]
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_answer_logits_past_the_budget_go_to_trls_fused_loss(tmp_path, monkeypatch):
+    """A batch whose answer logits would pass logits_budget_bytes takes TRL's own (tiled) loss, and
+    both ways give the same loss on the same batch."""
+    from trl import SFTTrainer
+
+    from protege.config import TrainConfig
+    from protege.synth.records import sft_record
+    from protege.train.sft import build_sft_trainer
+
+    records = [sft_record("Convert.", f"March {i}, 2020", f"2020-03-{i:02d}", "seed", 0) for i in range(1, 5)]
+    trainer, _, _ = build_sft_trainer(TINY, records, TrainConfig(report_to=["none"]), tmp_path)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    calls = []
+    fused = SFTTrainer.compute_loss
+    monkeypatch.setattr(SFTTrainer, "compute_loss", lambda *args, **kw: calls.append(1) or fused(*args, **kw))
+
+    def loss():  # as the Trainer runs it: under bf16 autocast where the CPU has AMX
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trainer.args.bf16):
+            return trainer.compute_loss(trainer.model, dict(batch))
+    ours = loss()
+    assert not calls
+    trainer.logits_budget_bytes = trainer.answer_logit_bytes(batch["labels"]) - 1
+    theirs = loss()
+    assert calls and theirs.item() == pytest.approx(ours.item(), rel=1e-4)

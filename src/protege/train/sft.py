@@ -69,9 +69,22 @@ def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
 
 
 class AnswerLossSFTTrainer(SFTTrainer):
-    """TRL's SFTTrainer with a loss that asks the model for logits only at the answer positions."""
+    """TRL's SFTTrainer with a loss that asks the model for logits only at the answer positions.
+
+    Those logits are held whole (answer tokens x vocabulary, in float32 for the log-softmax). Past
+    `logits_budget_bytes` (a large GPU batch: 16k answer tokens of a 150k vocabulary are 9.8 GB) the
+    step goes to TRL's own loss, whose fused LM head works through the vocabulary in tiles and never
+    holds them; on a CPU its tile loop is the slower way for the few hundred answers of a batch."""
+
+    logits_budget_bytes = 2 ** 30
+
+    def answer_logit_bytes(self, labels) -> int:
+        vocabulary = self.model.get_output_embeddings().weight.shape[0]
+        return int((labels[:, 1:] != -100).sum()) * vocabulary * 4
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.answer_logit_bytes(inputs["labels"]) > self.logits_budget_bytes:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
         outputs, logits, targets = answer_logits(model, model_inputs, inputs["labels"])
         log_probs = answer_log_probs(logits)
@@ -84,22 +97,29 @@ class AnswerLossSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def build_sft_trainer(model_path: Path, records: list[dict], cfg: TrainConfig, checkpoints: Path,
+                      device: str = "cpu", stage_seed: int = 0):
+    """(trainer, tokenizer, notes), ready to train: apart so that a test can run its loss."""
+    if not records:
+        raise ValueError("no training data: every example was removed or the teacher answered none")
+    model, tokenizer, notes = load_trainable(model_path, cfg, stage_seed)
+    trainer = AnswerLossSFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
+                                   train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
+                                   processing_class=tokenizer, peft_config=peft_config(cfg))
+    if cfg.adapter == "lora" and trainer.args.bf16:
+        frozen_linears_to_bf16(trainer.model)
+    return trainer, tokenizer, notes
+
+
 def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
               stage_seed: int = 0, checkpoints: Path | None = None,
               wrap_collator: Callable | None = None, notes: dict | None = None) -> dict:
     """Train on chat records and save the adapter (or the whole model) into output_dir/model.
     `wrap_collator(collator, tokenizer)` lets a variant (masked-thought) change each batch;
     `notes` go into the training log (a variant's name and settings)."""
-    if not records:
-        raise ValueError("no training data: every example was removed or the teacher answered none")
     checkpoints = checkpoints or output_dir / "checkpoints"
-    model, tokenizer, loaded = load_trainable(model_path, cfg, stage_seed)
     tensorboard_dir(output_dir)
-    trainer = AnswerLossSFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
-                         train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
-                         processing_class=tokenizer, peft_config=peft_config(cfg))
-    if cfg.adapter == "lora" and trainer.args.bf16:
-        frozen_linears_to_bf16(trainer.model)
+    trainer, tokenizer, loaded = build_sft_trainer(model_path, records, cfg, checkpoints, device, stage_seed)
     collator = wrap_collator(trainer.data_collator, tokenizer) if wrap_collator else trainer.data_collator
     trainer.data_collator = counter = TokenCounter(collator)
     attach_callbacks(trainer, counter)
