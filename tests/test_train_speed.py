@@ -15,7 +15,8 @@ from protege.models import model_dir
 from protege.train.answer_loss import (answer_log_probs, answer_logits, answer_positions, answer_token_loss,
                                        answer_token_stats)
 from protege.train.common import frozen_linears_to_bf16
-from protege.train.packed_attention import example_bounds, padded_causal_sdpa, padded_slots, register
+from protege.train.packed_attention import (causal_sdpa_per_example, example_bounds, padded_causal_sdpa,
+                                            padded_slots, register)
 
 TINY = model_dir("tiny:0")
 
@@ -72,18 +73,19 @@ def test_example_bounds_split_a_row_where_positions_restart():
     assert example_bounds(None) is None
 
 
-def packed_inputs():
-    lengths = [5, 3, 7]
+def packed_inputs(lengths=(5, 3, 7)):
     ids = torch.arange(20, 20 + sum(lengths)).reshape(1, -1)
     positions = torch.cat([torch.arange(n) for n in lengths]).reshape(1, -1)
     return lengths, ids, positions
 
 
+# (5, 3, 7) runs as one padded batch; (1, 1, 12) would be mostly padding, so it runs per example
+@pytest.mark.parametrize("lengths", [(5, 3, 7), (1, 1, 12)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_per_example_attention_equals_the_block_diagonal_mask(dtype):
+def test_per_example_attention_equals_the_block_diagonal_mask(dtype, lengths):
     """The same logits and gradients as transformers' sdpa with its block-diagonal mask (GQA: the
     tiny model has 4 query heads over 2 key/value heads), and each example's logits alone."""
-    lengths, ids, positions = packed_inputs()
+    lengths, ids, positions = packed_inputs(lengths)
     results = {}
     for implementation in ("sdpa", register()):
         model = AutoModelForCausalLM.from_pretrained(TINY, attn_implementation=implementation, dtype=dtype)
@@ -119,10 +121,11 @@ def test_packed_attention_stays_float32_under_cpu_bf16_autocast():
     bounds = [(0, 5), (5, 8), (8, 15)]
     reference = torch.cat([F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
                                                           is_causal=True, enable_gqa=True) for s, e in bounds], 2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours, _ = padded_causal_sdpa(query, key, value, bounds, 0.0, None)
-    assert ours.dtype == torch.float32
-    assert torch.allclose(ours, reference.transpose(1, 2), atol=1e-6)
+    for attention in (padded_causal_sdpa, causal_sdpa_per_example):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours, _ = attention(query, key, value, bounds, 0.0, None)
+        assert ours.dtype == torch.float32
+        assert torch.allclose(ours, reference.transpose(1, 2), atol=1e-6)
 
 
 def test_a_padded_batch_and_generation_take_plain_sdpa():

@@ -4,7 +4,8 @@ With several examples laid end to end in one row, transformers' sdpa builds a bl
 and still multiplies the whole row against itself: 8 examples of 75 tokens cost 600 x 600 scores
 where 8 x 75 x 75 are used, and the CPU's masked kernel is slow in the backward pass. Here the
 examples are stacked as a batch padded at the end and run through one causal
-`scaled_dot_product_attention` without a mask, in fp32 on a CPU. Anything else (a
+`scaled_dot_product_attention` without a mask, in fp32 on a CPU (one call per example instead when
+one long example would make that batch mostly padding). Anything else (a
 padded batch, a KV cache, a sliding window, soft-capping) goes to transformers' sdpa unchanged.
 flash-attention's varlen kernels do the same on a GPU; they are not installed with protege."""
 
@@ -48,7 +49,32 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
     if plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, position_ids=position_ids, **kwargs)
-    return padded_causal_sdpa(query, key, value, bounds, dropout, scaling)
+    longest = max(end - start for start, end in bounds)
+    # one long example among short ones would make the padded batch mostly padding
+    run = padded_causal_sdpa if len(bounds) * longest <= 2 * query.shape[2] else causal_sdpa_per_example
+    return run(query, key, value, bounds, dropout, scaling)
+
+
+def fp32_on_cpu(query, key, value):
+    """(query, key, value, context): on a CPU in fp32 with autocast off. The CPU's flash kernel in
+    bf16 took 2-3x the time of fp32 (forward and backward, 8 examples of 55-95 tokens, 9 heads:
+    benchmarks/profile_sft_step.py --attention), and CPU autocast would run sdpa in bf16 again
+    whatever its inputs."""
+    if query.device.type != "cpu":
+        return query, key, value, contextlib.nullcontext()
+    return query.float(), key.float(), value.float(), torch.autocast("cpu", enabled=False)
+
+
+def causal_sdpa_per_example(query, key, value, bounds, dropout: float, scaling: float | None):
+    """One causal sdpa on each example's own slice."""
+    dtype = query.dtype
+    query, key, value, context = fp32_on_cpu(query, key, value)
+    with context:
+        parts = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
+                                                dropout_p=dropout, scale=scaling,
+                                                enable_gqa=query.shape[1] != key.shape[1])
+                 for s, e in bounds]
+    return torch.cat(parts, dim=2).to(dtype).transpose(1, 2).contiguous(), None
 
 
 def padded_slots(bounds: tuple[tuple[int, int], ...], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,18 +95,14 @@ def padded_causal_sdpa(query, key, value, bounds, dropout: float, scaling: float
     padding queries, whose outputs are dropped: every example sees exactly its own tokens. One call
     instead of one per example: fewer, larger kernels."""
     gather, keep = padded_slots(tuple(bounds), query.device)
-    count, dtype, cpu = len(bounds), query.dtype, query.device.type == "cpu"
-    if cpu:
-        # the CPU's flash kernel in bf16 took 2-3x the time of fp32 (forward and backward, 8 examples
-        # of 55-95 tokens, 9 heads: benchmarks/profile_sft_step.py --attention); the casts cost little
-        query, key, value = query.float(), key.float(), value.float()
+    count, dtype = len(bounds), query.dtype
+    query, key, value, context = fp32_on_cpu(query, key, value)
 
     def stacked(states):  # (1, heads, row, d) -> (examples, heads, longest, d)
         picked = states[0].index_select(1, gather)
         return picked.unflatten(1, (count, -1)).transpose(0, 1)
 
-    # CPU autocast would run sdpa in bf16 again, whatever its inputs
-    with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
+    with context:
         out = F.scaled_dot_product_attention(stacked(query), stacked(key), stacked(value), is_causal=True,
                                              dropout_p=dropout, scale=scaling,
                                              enable_gqa=query.shape[1] != key.shape[1])
