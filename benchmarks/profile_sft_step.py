@@ -4,8 +4,8 @@
 Trains protege's `sft` with LoRA on the first --examples chat records of train_throughput.py's data
 (batch 8), times every optimizer step, and profiles steps 3 to 5. With --attention it instead times
 one layer's attention over a packed row of 8 examples (forward and backward, the embedded student's
-9 query and 3 key/value heads): the block-diagonal mask, and one causal sdpa per example in bf16 and
-in fp32.
+9 query and 3 key/value heads): the block-diagonal mask, one causal sdpa per example in bf16, and
+protege's two ways in fp32 (one call per example, and the examples padded into one batch).
 
     python benchmarks/profile_sft_step.py              # embedded SmolLM2-135M
     python benchmarks/profile_sft_step.py --attention
@@ -72,22 +72,18 @@ def time_attention(repeats: int = 40) -> None:
     example = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     mask = (example[:, None] == example[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
 
-    def per_example(dtype):
-        a, b, c = q.to(dtype), k.to(dtype), v.to(dtype)
-        return torch.cat([F.scaled_dot_product_attention(a[:, :, s:e], b[:, :, s:e], c[:, :, s:e], is_causal=True,
+    def per_example_bf16():  # what protege's attention avoids on a CPU: the flash kernel in bf16
+        return torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
                                                          enable_gqa=True) for s, e in zip(edges, edges[1:])], 2)
 
-    def padded_batch(dtype):
-        from protege.train.packed_attention import padded_causal_sdpa
-        bounds = list(zip(edges, edges[1:]))
-        return padded_causal_sdpa(q.to(dtype), k.to(dtype), v.to(dtype), bounds, 0.0, None)[0]
-
+    # protege's two ways, as the model calls them: bf16 inputs, cast to fp32 inside on a CPU
+    from protege.train.packed_attention import causal_sdpa_per_example, padded_causal_sdpa
+    bounds = list(zip(edges, edges[1:]))
     ways = {"block-diagonal mask, bf16": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                                                enable_gqa=True),
-            "per example, bf16": lambda: per_example(torch.bfloat16),
-            "per example, fp32": lambda: per_example(torch.float32),
-            "examples padded into one batch, bf16": lambda: padded_batch(torch.bfloat16),
-            "examples padded into one batch, fp32": lambda: padded_batch(torch.float32)}
+            "per example, bf16": per_example_bf16,
+            "per example, fp32 (protege)": lambda: causal_sdpa_per_example(q, k, v, bounds, 0.0, None)[0],
+            "examples padded into one batch, fp32 (protege)": lambda: padded_causal_sdpa(q, k, v, bounds, 0.0, None)[0]}
     for name, run in ways.items():
         run().float().sum().backward()  # warm-up
         start = time.perf_counter()
