@@ -9,6 +9,7 @@ protege's two ways in fp32 (one call per example, and the examples padded into o
 
     python benchmarks/profile_sft_step.py              # embedded SmolLM2-135M
     python benchmarks/profile_sft_step.py --attention
+    python benchmarks/profile_sft_step.py --examples 128 --compile   # decoder layers under torch.compile
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput  # noqa: E402  (the data both benchmarks train on)
 
 
-def profile_steps(model: str, examples: int, shapes: bool = False) -> None:
+def profile_steps(model: str, examples: int, shapes: bool = False, compiled: bool = False) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -50,7 +51,15 @@ def profile_steps(model: str, examples: int, shapes: bool = False) -> None:
                 self.profiler.__exit__(None, None, None)
 
     timer, attach = StepTimer(), sft.attach_callbacks
-    sft.attach_callbacks = lambda trainer, counter=None: (attach(trainer, counter), trainer.add_callback(timer))
+
+    def attach_timer(trainer, counter=None):
+        attach(trainer, counter)
+        trainer.add_callback(timer)
+        if compiled:  # the experiment behind the README's torch.compile line; the first step compiles
+            for layer in trainer.model.get_decoder().layers:
+                layer.compile(dynamic=True)
+
+    sft.attach_callbacks = attach_timer
     cfg = TrainConfig(adapter="lora", batch_size=8, epochs=1, learning_rate=1e-3, report_to=["none"], seed=42)
     sft.train_sft(model_dir(model, train_throughput.REPO), train_throughput.build_records(examples), cfg,
                   Path(tempfile.mkdtemp(prefix="protege-profile-")))
@@ -98,8 +107,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64, help="training examples, batch 8 (default: %(default)s)")
     parser.add_argument("--attention", action="store_true", help="time the attention variants instead")
     parser.add_argument("--shapes", action="store_true", help="the operators split by input shapes")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer first")
     args = parser.parse_args()
-    time_attention() if args.attention else profile_steps(args.model, args.examples, args.shapes)
+    time_attention() if args.attention else profile_steps(args.model, args.examples, args.shapes, args.compile)
 
 
 if __name__ == "__main__":
