@@ -1,7 +1,8 @@
 """What makes protege's SFT fast, each checked against the slow way it replaces: the loss only at
 answer positions (hand-computed numbers, and equal to the model's own loss), attention per packed
-example (equal logits and gradients), and frozen LoRA base weights stored in bf16 (the same
-numbers as bf16 autocast casting them at every use)."""
+example (equal logits and gradients), frozen LoRA base weights stored in bf16 (the same
+numbers as bf16 autocast casting them at every use), and LoRA's sum inside one addmm (peft's
+numbers)."""
 
 import math
 
@@ -14,7 +15,8 @@ from transformers import AutoModelForCausalLM
 from protege.models import model_dir
 from protege.train.answer_loss import (answer_log_probs, answer_logits, answer_positions, answer_token_loss,
                                        answer_token_stats)
-from protege.train.common import frozen_linears_to_bf16
+from protege.train.common import frozen_linears_to_bf16, norm_outputs_in_autocast_dtype
+from protege.train.fused_lora import fuse_lora_forwards, fused_lora_forward, plain_adapter
 from protege.train.packed_attention import (causal_sdpa_per_example, example_bounds, padded_causal_sdpa,
                                             padded_slots, register)
 
@@ -156,9 +158,10 @@ def test_frozen_bf16_base_gives_autocasts_numbers_and_leaves_the_embedding():
                 if "lora_B" in name:
                     p.normal_(0, 0.1)
         if cast:
-            assert frozen_linears_to_bf16(model) == 2 * 7  # q k v o gate up down in 2 layers
+            assert frozen_linears_to_bf16(model) == 2 * 7 + 1  # q k v o gate up down in 2 layers, the output head
             assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules() if hasattr(m, "lora_A"))
-            assert model.get_input_embeddings().weight.dtype == torch.float32
+            assert model.get_input_embeddings().weight.dtype == torch.float32  # the lookup is untouched
+            assert model.get_output_embeddings().weight.dtype == torch.bfloat16  # its own copy, untied
             assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=ids, labels=ids).loss
@@ -167,6 +170,111 @@ def test_frozen_bf16_base_gives_autocasts_numbers_and_leaves_the_embedding():
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     assert losses[0] == losses[1]
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def lora_pair(rank_scale: float = 0.1):
+    """Two copies of one random LoRA model (B non-zero), the second with the fused forward."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = lora_model()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, rank_scale)
+        models.append(model)
+    assert fuse_lora_forwards(models[1]) == 2 * 7
+    return models
+
+
+def loss_and_grads(model, autocast: bool = False):
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.item(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_gives_peft_numbers_in_fp32():
+    peft_model, fused = lora_pair()
+    peft_loss, peft_grads = loss_and_grads(peft_model)
+    fused_loss, fused_grads = loss_and_grads(fused)
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    assert peft_grads.keys() == fused_grads.keys() and len(peft_grads) == 2 * 2 * 7
+    for name, grad in peft_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_fused_lora_under_bf16_autocast_with_bf16_base_weights():
+    peft_model, fused = lora_pair()
+    for model in (peft_model, fused):
+        frozen_linears_to_bf16(model)
+    peft_loss, peft_grads = loss_and_grads(peft_model, autocast=True)
+    fused_loss, fused_grads = loss_and_grads(fused, autocast=True)
+    # addmm rounds the sum once where peft rounds the product, the scaled product and the sum
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-2)
+    for name, grad in peft_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=0.05, atol=0.05 * grad.abs().max().item()), name
+
+
+def test_fused_lora_leaves_everything_but_the_plain_sum_to_peft():
+    _, fused = lora_pair()
+    layer = fused.base_model.model.model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 3, layer.in_features)
+    assert plain_adapter(layer, x, (), {}) == "default"
+    assert plain_adapter(layer, x, (), {"adapter_names": ["default"]}) is None
+    with fused.disable_adapter():  # DPO's reference model: the base alone
+        assert plain_adapter(layer, x, (), {}) is None
+        ids = torch.tensor([[5, 6, 7]])
+        with torch.no_grad():
+            base = AutoModelForCausalLM.from_pretrained(TINY)(input_ids=ids).logits
+            assert torch.equal(fused(input_ids=ids).logits, base)
+    layer.lora_dropout["default"] = torch.nn.Dropout(0.5)
+    assert plain_adapter(layer, x, (), {}) is None
+    layer.to(torch.float64)  # weights of one dtype other than x's float32, no autocast: peft casts
+    layer.lora_dropout["default"] = torch.nn.Identity()
+    layer.base_layer.to(torch.float32)
+    assert plain_adapter(layer, x, (), {}) is None
+    assert fused_lora_forward(layer, x).dtype == torch.float32
+
+
+def test_sft_trainer_gets_the_fused_lora_forward(tmp_path):
+    from protege.config import TrainConfig
+    from protege.synth.records import sft_record
+    from protege.train.sft import build_sft_trainer
+
+    records = [sft_record("Convert.", "March 1, 2020", "2020-03-01", "seed", 0)]
+    trainer, _, _ = build_sft_trainer(TINY, records, TrainConfig(report_to=["none"]), tmp_path)
+    layers = [m for m in trainer.model.modules() if hasattr(m, "lora_A")]
+    assert layers and all(m.forward.__func__ is fused_lora_forward for m in layers)
+
+
+def test_norm_outputs_cast_once_give_the_same_forward_and_close_gradients():
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    results = []
+    for hooked in (False, True):
+        model, _ = lora_pair()
+        frozen_linears_to_bf16(model)
+        if hooked:
+            assert norm_outputs_in_autocast_dtype(model) == 2 * 2  # input and post-attention norm, 2 layers
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():  # outside autocast the norms give fp32 as before
+            assert model.get_decoder().layers[0].input_layernorm(torch.randn(1, 2, 64)).dtype == torch.float32
+        results.append((logits, grads))
+    (plain_logits, plain_grads), (hooked_logits, hooked_grads) = results
+    assert torch.equal(plain_logits, hooked_logits)
+    for name, grad in plain_grads.items():  # the 10 consumers' gradients summed in bf16
+        assert torch.allclose(hooked_grads[name], grad, rtol=0.05, atol=0.02 * grad.abs().max().item()), name
+    assert any(not torch.equal(hooked_grads[n], g) for n, g in plain_grads.items())  # the hook did run
+
+
+def test_norm_hook_only_in_pre_norm_families():
+    model, _ = lora_pair()
+    model.config.model_type = "gemma2"  # its post_attention_layernorm feeds the residual stream
+    assert norm_outputs_in_autocast_dtype(model) == 0
 
 
 def test_answer_logits_past_the_budget_go_to_trls_fused_loss(tmp_path, monkeypatch):

@@ -90,8 +90,10 @@ def frozen_linears_to_bf16(model) -> int:
     frozen linear layers were cast.
 
     - The frozen base weights are stored in bf16: autocast casts a frozen weight anew at every use
-      (it caches only weights that train). The tied output embedding keeps its dtype (the input
-      lookup reads it too).
+      (it caches only weights that train).
+    - A frozen output embedding tied to the input embedding gets its own bf16 copy: the input
+      lookup keeps reading the fp32 one, and autocast no longer casts the 49152 x 576 table at
+      every step (40 ms of a 1.4 s step on the embedded student). The adapter saved is the same.
     - peft casts a bf16 input up to the fp32 LoRA weights' dtype, and autocast casts it straight
       back down for the matmul (o_proj and down_proj get bf16 inputs): peft's cast is turned off."""
     tied = model.get_input_embeddings().weight
@@ -99,10 +101,40 @@ def frozen_linears_to_bf16(model) -> int:
               and module.weight is not tied and not any(p.requires_grad for p in module.parameters(recurse=False))]
     for module in frozen:
         module.to(torch.bfloat16)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is tied and not tied.requires_grad:
+        head.weight = torch.nn.Parameter(tied.detach().to(torch.bfloat16), requires_grad=False)
+        frozen.append(head)
     for module in model.modules():
         if hasattr(module, "lora_A"):
             module.cast_input_dtype_enabled = False
     return len(frozen)
+
+
+# decoder layers that compute x + attn(input_layernorm(x)), then h + mlp(post_attention_layernorm(h))
+PRE_NORM = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def norm_outputs_in_autocast_dtype(model) -> int:
+    """Under autocast, cast each decoder layer's norm outputs to the autocast dtype once. The norm
+    runs in fp32 and its output feeds up to 10 linear layers (q, k, v, gate and up, and their LoRA
+    branches), each of which autocast casts on its own, forward and backward: 20 casts of the
+    hidden states a layer become 2. The forward numbers are the same; the gradients of the 10
+    consumers are summed in bf16 before the one cast back (each is already a bf16 matmul's output).
+    Only the pre-norm families listed in PRE_NORM: elsewhere (Gemma, OLMo 2) a norm of the same
+    name normalizes a block's output on its way into the fp32 residual stream. Returns how many
+    norms were hooked; the final norm (feeding only the answer positions) is left."""
+    def to_autocast_dtype(module, args, output):
+        device = output.device.type
+        return output.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else output
+
+    if model.config.model_type not in PRE_NORM:
+        return 0
+    norms = [module for layer in model.get_decoder().layers for name, module in layer.named_children()
+             if name in ("input_layernorm", "post_attention_layernorm")]
+    for norm in norms:
+        norm.register_forward_hook(to_autocast_dtype)
+    return len(norms)
 
 
 class TokenCounter:

@@ -21,8 +21,9 @@ from trl import SFTTrainer
 from ..config import TrainConfig
 from .adapters import peft_config
 from .answer_loss import answer_log_probs, answer_logits, answer_token_loss, answer_token_stats
-from .common import (TokenCounter, attach_callbacks, fit, frozen_linears_to_bf16, load_trainable, save_trained,
-                     tensorboard_dir, trainer_kwargs)
+from .common import (TokenCounter, attach_callbacks, fit, frozen_linears_to_bf16, load_trainable,
+                     norm_outputs_in_autocast_dtype, save_trained, tensorboard_dir, trainer_kwargs)
+from .fused_lora import fuse_lora_forwards
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
@@ -106,8 +107,11 @@ def build_sft_trainer(model_path: Path, records: list[dict], cfg: TrainConfig, c
     trainer = AnswerLossSFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
                                    train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
                                    processing_class=tokenizer, peft_config=peft_config(cfg))
-    if cfg.adapter == "lora" and trainer.args.bf16:
-        frozen_linears_to_bf16(trainer.model)
+    if cfg.adapter == "lora":
+        fuse_lora_forwards(trainer.model)
+        if trainer.args.bf16:
+            frozen_linears_to_bf16(trainer.model)
+            norm_outputs_in_autocast_dtype(trainer.model)
     return trainer, tokenizer, notes
 
 
