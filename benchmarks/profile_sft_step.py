@@ -10,11 +10,19 @@ protege's two ways in fp32 (one call per example, and the examples padded into o
     python benchmarks/profile_sft_step.py              # embedded SmolLM2-135M
     python benchmarks/profile_sft_step.py --attention
     python benchmarks/profile_sft_step.py --examples 128 --compile   # decoder layers under torch.compile
+    python benchmarks/profile_sft_step.py --ablate 40
+
+With --ablate N it times N rounds of one forward and backward per variant on the same batch, in one
+process: protege's LoRA step as it trains, then with one speed-up at a time turned off (the fused
+LoRA sum, the bf16 copy of the tied output head, the norm outputs cast once). On shared cores the
+machine's speed drifts within seconds, so each variant is compared with the full step of its own
+round and the median of those paired ratios is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -69,6 +77,63 @@ def profile_steps(model: str, examples: int, shapes: bool = False, compiled: boo
     print("step seconds:", " ".join(f"{s:.2f}" for s in timer.seconds))
 
 
+def speedup_switches(model) -> dict:
+    """name -> switch(on): turns one of protege's LoRA step speed-ups on or off in `model`."""
+    from protege.train.fused_lora import fused_lora_forward
+
+    layers = [m for m in model.modules() if hasattr(m, "lora_A")]
+    head, tied = model.get_output_embeddings(), model.get_input_embeddings().weight
+    bf16_head = head.weight
+    norms = [m for layer in model.get_decoder().layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+    hooks = [dict(norm._forward_hooks) for norm in norms]
+    assert bf16_head is not tied and all(hooks), "the model lacks protege's LoRA speed-ups"
+
+    def fused(on):
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+            if on:
+                layer.forward = fused_lora_forward.__get__(layer)
+
+    def head_copy(on):
+        head.weight = bf16_head if on else tied
+
+    def norm_cast(on):
+        for norm, hook in zip(norms, hooks):
+            norm._forward_hooks.clear()
+            norm._forward_hooks.update(hook if on else {})
+    return {"fused LoRA sum": fused, "bf16 output head": head_copy, "norm outputs cast once": norm_cast}
+
+
+def ablate(model: str, rounds: int) -> None:
+    from protege.config import TrainConfig
+    from protege.models import model_dir
+    from protege.train.sft import build_sft_trainer
+
+    cfg = TrainConfig(adapter="lora", batch_size=8, report_to=["none"], seed=42)
+    trainer, _, _ = build_sft_trainer(model_dir(model, train_throughput.REPO), train_throughput.build_records(8), cfg,
+                                      Path(tempfile.mkdtemp(prefix="protege-profile-")))
+    batch, switches = trainer.data_collator([trainer.train_dataset[i] for i in range(8)]), speedup_switches(trainer.model)
+    trainer.model.train()
+
+    def step_seconds(off: str | None) -> float:
+        for name, switch in switches.items():
+            switch(name != off)
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trainer.args.bf16):
+            trainer.compute_loss(trainer.model, dict(batch)).backward()
+        trainer.model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    times = {off: [] for off in (None, *switches)}
+    for _ in range(rounds + 1):  # the first round warms up
+        for off in times:
+            times[off].append(step_seconds(off))
+    print(f"full step: median {statistics.median(times[None][1:]):.3f} s over {rounds} rounds")
+    for off in switches:
+        ratios = [slower / full for slower, full in zip(times[off][1:], times[None][1:])]
+        print(f"without the {off}: {statistics.median(ratios):.3f}x the full step's time (median of {rounds} paired ratios)")
+
+
 def time_attention(repeats: int = 40) -> None:
     lengths, heads, kv_heads, head_dim = [62, 95, 71, 88, 55, 80, 77, 72], 9, 3, 64
     edges = [0, *torch.tensor(lengths).cumsum(0).tolist()]
@@ -108,8 +173,14 @@ def main() -> None:
     parser.add_argument("--attention", action="store_true", help="time the attention variants instead")
     parser.add_argument("--shapes", action="store_true", help="the operators split by input shapes")
     parser.add_argument("--compile", action="store_true", help="torch.compile each decoder layer first")
+    parser.add_argument("--ablate", type=int, metavar="ROUNDS", help="time each LoRA speed-up turned off, paired")
     args = parser.parse_args()
-    time_attention() if args.attention else profile_steps(args.model, args.examples, args.shapes, args.compile)
+    if args.ablate:
+        ablate(args.model, args.ablate)
+    elif args.attention:
+        time_attention()
+    else:
+        profile_steps(args.model, args.examples, args.shapes, args.compile)
 
 
 if __name__ == "__main__":
