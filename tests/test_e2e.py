@@ -56,6 +56,10 @@ def test_a_changed_default_learning_rate_trains_a_new_stage(tmp_path, examples_d
     first_rate = [json.loads((run_dir / "stages" / name / "train_log.json").read_text())["history"][0]["learning_rate"]
                   for name in (old, new)]
     assert first_rate[1] == pytest.approx(first_rate[0] * 5e-4 / default)
+    # settings only dpo and grpo read leave the sft stage they would start from as it is
+    dpo_only = ["--set", "train.dpo_beta=0.3", "--set", "train.rl_learning_rate=1e-4"]
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round, *dpo_only]) == 0
+    assert {p.name for p in (run_dir / "stages").glob("train-r0-*")} == retrained
 
 
 def chat_to_request(teacher_fn):
@@ -267,3 +271,15 @@ def test_critiques_of_a_later_round_carry_its_number(tmp_path, examples_dir):
     for round_ in (0, 1):
         records = read_jsonl(folders[f"critique-r{round_}"] / "critiques.jsonl")
         assert records and {r["meta"]["round"] for r in records} == {round_}
+
+
+def test_stage_keys_leave_out_what_only_other_methods_read():
+    from protege.config import TrainConfig
+    from protege.method_round import METHOD_FIELDS, fields_read_by
+    cfg = TrainConfig()
+    assert set().union(*METHOD_FIELDS.values()) <= set(TrainConfig.model_fields)  # no stale names
+    changed = cfg.model_copy(update={"dpo_beta": 0.3, "rl_learning_rate": 1e-4})
+    assert fields_read_by(changed, "sft") == fields_read_by(cfg, "sft")
+    assert fields_read_by(changed, "dpo") != fields_read_by(cfg, "dpo")
+    assert fields_read_by(changed, "grpo") != fields_read_by(cfg, "grpo")  # rl_learning_rate
+    assert fields_read_by(cfg.model_copy(update={"epochs": 5}), "sft") != fields_read_by(cfg, "sft")

@@ -48,7 +48,7 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
     # very stage a plain sft run trains, and is reused between them
     # the learning rate it trains with, not the field: a default that changes must not reuse a stage
     key = {"start": start[1], "data": file_digest(data_file), "method": method,
-           "train": cfg.model_copy(update={"method": method}).model_dump(),
+           "train": fields_read_by(cfg.model_copy(update={"method": method}), method),
            "learning_rate": learning_rate(method_config(ctx, method)),
            "device": ctx.device, "sft": file_digest(sft_file) if sft_file else None}
     checkpoints = ctx.run.root / "checkpoints" / f"{name}-{digest(key)}"
@@ -70,6 +70,21 @@ def train_stage(ctx, name: str, method: str, start: tuple[Path, str], data_file:
 
     folder, _ = ctx.run.stage(name, key, build)
     return folder
+
+
+# train fields that only some methods read; every other field counts for every method
+METHOD_FIELDS = {"masked-thought": {"mask_ratio"}, "cft": {"cft_ratio", "cft_candidates"},
+                 "dpo": {"sft_first", "rl_learning_rate", "dpo_beta", "dpo_samples"},
+                 "grpo": {"sft_first", "rl_learning_rate", "grpo_generations", "grpo_max_completion",
+                          "grpo_max_steps", "grpo_beta"},
+                 "distill": {"distill_teacher", "distill_loss", "distill_lambda", "distill_beta"}}
+
+
+def fields_read_by(cfg, method: str) -> dict:
+    """The train config as a stage of `method` reads it: a dpo setting changed must not retrain the
+    sft stage that dpo starts from (nor the plain sft run that shares it)."""
+    others = set().union(*(fields for name, fields in METHOD_FIELDS.items() if name != method))
+    return cfg.model_dump(exclude=others - METHOD_FIELDS.get(method, set()))
 
 
 def method_config(ctx, method: str):
