@@ -14,6 +14,7 @@ from protege.models import load_model, model_dir
 from protege.synth.preference_pairs import preference_pairs, sample_student
 from protege.train.adapters import group_name
 from protege.train.dpo import build_dpo_trainer, train_dpo
+from protege.train.fused_lora import fused_lora_forward
 
 
 def exact(text, answer, reference):
@@ -69,6 +70,8 @@ def test_lora_dpo_holds_one_copy_of_the_base_weights(tmp_path):
     lora = [n for n, _ in trainer.model.named_parameters() if "lora_" in n]
     assert trainer.ref_model is None and lora
     assert counts == [base_tensors() + len(lora)] * 2  # a reference copy would add base_tensors() more
+    layers = [m for m in trainer.model.modules() if hasattr(m, "lora_A")]
+    assert layers and all(m.forward.__func__ is fused_lora_forward for m in layers)  # the reference: peft's path
     base = load_file(model_dir("tiny:0") / "model.safetensors")
     in_memory = trainer.model.get_base_model().state_dict()
     for name, weight in base.items():  # the base weights in memory are untouched, not only the file

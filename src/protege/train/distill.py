@@ -28,6 +28,7 @@ from ..config import TrainConfig
 from ..models import model_dir
 from .adapters import peft_config
 from .common import TokenCounter, attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir, trainer_kwargs
+from .fused_lora import fuse_lora_forwards
 from .sft import render, train_sft
 
 # train.distill_loss -> (lmbda, beta) of TRL's GKDConfig; gkd reads both from the config
@@ -116,6 +117,7 @@ def train_distill(model_path: Path, records: list[dict], cfg: TrainConfig, outpu
     tensorboard_dir(output_dir)
     trainer = GKDTrainer(model=model, teacher_model=load_teacher(teacher_path, args.bf16),
                          args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg))
+    fuse_lora_forwards(trainer.model)  # the plain LoRA sum in one addmm; a disabled adapter goes to peft
     # the collated batch is what trains only when no batch is replaced by the student's samples
     counter = None
     if args.lmbda == 0:

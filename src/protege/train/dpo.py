@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from .adapters import peft_config
 from .common import TokenCounter, attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir, trainer_kwargs
+from .fused_lora import fuse_lora_forwards
 
 
 class PairCounter(TokenCounter):
@@ -65,6 +66,7 @@ def build_dpo_trainer(model_path: Path, pairs: list[dict], cfg: TrainConfig, out
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(cfg, checkpoints, device),
                          train_dataset=Dataset.from_list(kept), processing_class=tokenizer,
                          peft_config=peft_config(cfg))
+    fuse_lora_forwards(trainer.model)  # the plain LoRA sum in one addmm; a disabled adapter goes to peft
     trainer.data_collator = PairCounter(trainer.data_collator)
     notes |= {"method": "dpo", "pairs": len(kept), "dropped_too_long": len(pairs) - len(kept), "beta": cfg.dpo_beta}
     return trainer, tokenizer, notes

@@ -4,8 +4,8 @@ peft computes a LoRA layer as `base(x) + lora_B(lora_A(x)) * scaling`: the low-r
 scaling and the sum each read and write a whole (tokens x out_features) tensor, forward and
 backward. `torch.addmm(base(x), lora_A(x), (scaling * B).T)` does the same sum with one: the
 scaling moves onto B (rank x out_features, small) and the add into the matmul's accumulator.
-On the embedded student's layers this took 10-25% off each LoRA linear's forward and backward on
-2 CPU cores (benchmarks/profile_sft_step.py). Anything the plain sum does not cover (dropout,
+On the embedded student's SFT step on 2 CPU cores that is 2.5-3% of the step
+(`benchmarks/profile_sft_step.py --ablate`). Every LoRA trainer here installs it. Anything the plain sum does not cover (dropout,
 DoRA and other variants, a LoRA bias, several adapters, merged or disabled adapters, extra
 arguments) goes to peft's own forward."""
 

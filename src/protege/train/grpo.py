@@ -21,6 +21,7 @@ from ..config import TrainConfig
 from ..synth.records import record_input
 from .adapters import peft_config
 from .common import attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir, trainer_kwargs
+from .fused_lora import fuse_lora_forwards
 
 Reward = Callable[[str, str, str], float]
 
@@ -88,6 +89,7 @@ def train_grpo(model_path: Path, records: list[dict], cfg: TrainConfig, output_d
     trainer = GRPOTrainer(model=model, reward_funcs=reward_function(reward),
                           args=grpo_config(cfg, checkpoints, device, prompts_per_step),
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config(cfg))
+    fuse_lora_forwards(trainer.model)  # the plain LoRA sum in one addmm; a disabled adapter goes to peft
     attach_callbacks(trainer)
     result = fit(trainer, checkpoints)
     notes |= {"method": "grpo", "examples": len(dataset), "generations": cfg.grpo_generations,
