@@ -5,9 +5,9 @@ scaling and the sum each read and write a whole (tokens x out_features) tensor, 
 backward. `torch.addmm(base(x), lora_A(x), (scaling * B).T)` does the same sum with one: the
 scaling moves onto B (rank x out_features, small) and the add into the matmul's accumulator.
 On the embedded student's SFT step on 2 CPU cores that is 2.5-3% of the step
-(`benchmarks/profile_sft_step.py --ablate`). Every LoRA trainer here installs it. Anything the plain sum does not cover (dropout,
-DoRA and other variants, a LoRA bias, several adapters, merged or disabled adapters, extra
-arguments) goes to peft's own forward."""
+(`benchmarks/profile_sft_step.py --ablate`). Every LoRA trainer here installs it. Anything the
+plain sum does not cover (dropout, DoRA and other variants, a LoRA bias, several adapters, merged
+or disabled adapters, extra arguments) goes to peft's own forward."""
 
 from __future__ import annotations
 
