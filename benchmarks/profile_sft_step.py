@@ -79,7 +79,7 @@ def profile_steps(model: str, examples: int, shapes: bool = False, compiled: boo
 
 def speedup_switches(model) -> dict:
     """name -> switch(on): turns one of protege's LoRA step speed-ups on or off in `model`."""
-    from protege.train.fused_lora import fused_lora_forward
+    from protege.train.fused_lora import fuse_lora_forwards
 
     layers = [m for m in model.modules() if hasattr(m, "lora_A")]
     head, tied = model.get_output_embeddings(), model.get_input_embeddings().weight
@@ -89,10 +89,11 @@ def speedup_switches(model) -> dict:
     assert bf16_head is not tied and all(hooks), "the model lacks protege's LoRA speed-ups"
 
     def fused(on):
+        if on:
+            fuse_lora_forwards(model)
+            return
         for layer in layers:
-            layer.__dict__.pop("forward", None)
-            if on:
-                layer.forward = fused_lora_forward.__get__(layer)
+            layer.__dict__.pop("forward", None)  # back to peft's class forward
 
     def head_copy(on):
         head.weight = bf16_head if on else tied
