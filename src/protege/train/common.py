@@ -93,7 +93,9 @@ def frozen_linears_to_bf16(model) -> int:
       (it caches only weights that train).
     - A frozen output embedding tied to the input embedding gets its own bf16 copy: the input
       lookup keeps reading the fp32 one, and autocast no longer casts the 49152 x 576 table at
-      every step (40 ms of a 1.4 s step on the embedded student). The adapter saved is the same.
+      every step (on the embedded student, a 40 ms copy_ row in a profiled 1.4 s step of
+      benchmarks/profile_sft_step.py --shapes; 0-4% of a step in its --ablate). The adapter saved
+      is the same.
     - peft casts a bf16 input up to the fp32 LoRA weights' dtype, and autocast casts it straight
       back down for the matmul (o_proj and down_proj get bf16 inputs): peft's cast is turned off."""
     tied = model.get_input_embeddings().weight
