@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from candidates import round_result
 from openai_stub import StubServer
 from protege.cli import main
 from protege.runs import read_jsonl
@@ -117,30 +118,26 @@ def test_expansion_from_a_task_generator(tmp_path, examples_dir, capsys):
 
 
 def test_best_round_is_chosen_on_dev_never_on_test():
-    from protege.pipeline import best_round
-    rounds = [{"round": 0, "dev_accuracy": 0.9, "test_accuracy": 0.5},
-              {"round": 1, "dev_accuracy": 0.8, "test_accuracy": 0.99},
-              {"round": 2, "dev_accuracy": 0.9, "test_accuracy": 0.7}]
-    assert best_round(rounds)["round"] == 0
+    from protege.loop.selection import best_round
+    rounds = [round_result(0, dev=0.9, test=0.5), round_result(1, dev=0.8, test=0.99),
+              round_result(2, dev=0.9, test=0.7)]
+    assert best_round(rounds).round == 0
 
 
 def test_best_round_respects_the_forgetting_limit():
-    from protege.pipeline import best_round
-    rounds = [{"round": 0, "dev_accuracy": 0.7, "over_forgetting_limit": False, "forgetting": {"probe_change": -0.01}},
-              {"round": 1, "dev_accuracy": 0.9, "over_forgetting_limit": True, "forgetting": {"probe_change": -0.2}}]
-    assert best_round(rounds)["round"] == 0
-    rounds[0].update(over_forgetting_limit=True, forgetting={"probe_change": -0.1})
-    assert best_round(rounds)["round"] == 0  # none inside: the one that forgot least
+    from protege.loop.selection import best_round
+    rounds = [round_result(0, dev=0.7, over=False, change=-0.01), round_result(1, dev=0.9, over=True, change=-0.2)]
+    assert best_round(rounds).round == 0
+    rounds[0] = round_result(0, dev=0.7, over=True, change=-0.1)
+    assert best_round(rounds).round == 0  # none inside: the one that forgot least
 
 
 def test_a_round_over_the_forgetting_limit_stops_the_loop():
-    from types import SimpleNamespace
     from protege.config import TaskSpec
-    from protege.pipeline import _stop_reason
+    from protege.loop.selection import stop_reason
     spec = TaskSpec(test=[{"input": "a", "output": "b"}], rounds=3, forgetting={"limit": 0.05})
-    ctx = SimpleNamespace(spec=spec, left=1000)
-    assert _stop_reason(ctx, [{"over_forgetting_limit": False, "dev_accuracy": 0.5}]) is None
-    assert "forgetting limit" in _stop_reason(ctx, [{"over_forgetting_limit": True, "dev_accuracy": 0.5}])
+    assert stop_reason(spec, 1000, [round_result(0, over=False, dev=0.5)]) is None
+    assert "forgetting limit" in stop_reason(spec, 1000, [round_result(0, over=True, dev=0.5)])
 
 
 def test_run_measures_forgetting_and_writes_the_report(tmp_path, examples_dir, capsys):
@@ -275,11 +272,14 @@ def test_critiques_of_a_later_round_carry_its_number(tmp_path, examples_dir):
 
 def test_stage_keys_leave_out_what_only_other_methods_read():
     from protege.config import TrainConfig
-    from protege.method_round import METHOD_FIELDS, fields_read_by
+    from protege.loop.training import METHOD_FIELDS, own_fields_only
+
+    def read_by(cfg, method):
+        return own_fields_only(cfg, method).model_dump()
     cfg = TrainConfig()
     assert set().union(*METHOD_FIELDS.values()) <= set(TrainConfig.model_fields)  # no stale names
     changed = cfg.model_copy(update={"dpo_beta": 0.3, "rl_learning_rate": 1e-4})
-    assert fields_read_by(changed, "sft") == fields_read_by(cfg, "sft")
-    assert fields_read_by(changed, "dpo") != fields_read_by(cfg, "dpo")
-    assert fields_read_by(changed, "grpo") != fields_read_by(cfg, "grpo")  # rl_learning_rate
-    assert fields_read_by(cfg.model_copy(update={"epochs": 5}), "sft") != fields_read_by(cfg, "sft")
+    assert read_by(changed, "sft") == read_by(cfg, "sft")
+    assert read_by(changed, "dpo") != read_by(cfg, "dpo")
+    assert read_by(changed, "grpo") != read_by(cfg, "grpo")  # rl_learning_rate
+    assert read_by(cfg.model_copy(update={"epochs": 5}), "sft") != read_by(cfg, "sft")

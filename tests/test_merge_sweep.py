@@ -2,6 +2,7 @@
 each evaluated like a round, and the best on dev inside the forgetting limit kept."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,41 +10,41 @@ import torch
 from safetensors.torch import load_file
 
 from protege.cli import main
-from protege.merge_sweep import keep_best
-from protege.pipeline import kept_student
+from protege.loop.results import Sweep, SweepPoint
+from protege.loop.selection import keep_best, kept_student
 
+from candidates import candidate, round_result
 from test_e2e import FAST
 
 
 def point(strength, dev, change, over, test=0.5):
-    return {"strength": strength, "dev_accuracy": dev, "test_accuracy": test, "test_ci": [0, 1], "model": f"m{strength}",
-            "test_records": f"r{strength}", "forgetting": {"probe_change": change}, "over_forgetting_limit": over}
+    return SweepPoint(strength, candidate(dev, test, change, over, model=f"m{strength}", records=f"r{strength}"))
 
 
 def closer(p):
-    return -p["strength"]
+    return -p.strength
 
 
 def test_keep_best_takes_the_best_dev_inside_the_limit_and_the_weaker_merge_on_a_tie():
     points = [point(1.0, 0.9, -0.3, True), point(0.6, 0.8, -0.08, False), point(0.4, 0.8, -0.04, False),
               point(0.2, 0.5, -0.01, False)]
-    assert keep_best(points, closer)["strength"] == 0.4  # 0.6 ties on dev but forgets more
-    points[2]["dev_accuracy"] = 0.7
-    assert keep_best(points, closer)["strength"] == 0.6
-    for p in points:
-        p["over_forgetting_limit"] = True
-    assert keep_best(points, closer)["strength"] == 0.2  # none inside: the one that forgot least
+    assert keep_best(points, closer).strength == 0.4  # 0.6 ties on dev but forgets more
+    points[2] = point(0.4, 0.7, -0.04, False)
+    assert keep_best(points, closer).strength == 0.6
+    points = [point(p.strength, p.candidate.dev_accuracy, p.candidate.forgetting.probe_change, True) for p in points]
+    assert keep_best(points, closer).strength == 0.2  # none inside: the one that forgot least
 
 
 def test_kept_student_is_the_sweeps_choice_with_its_own_test_score():
-    rounds = [{"round": 0, **point(1.0, 0.9, -0.3, True, test=0.95)}]
-    sweep = {"method": "task_arithmetic", "chosen": 0.5, "points": [rounds[0] | {"strength": 1.0},
-                                                                     point(0.5, 0.85, -0.02, False, test=0.9)]}
-    student = kept_student(rounds, sweep)
-    assert student["merge"] == {"method": "task_arithmetic", "strength": 0.5}
-    assert (student["accuracy"], student["model"], student["records"]) == (0.9, "m0.5", "r0.5")
-    assert kept_student(rounds, sweep | {"chosen": 1.0})["merge"] is None
-    assert kept_student(rounds, None)["model"] == "m1.0"
+    rounds = [round_result(0, dev=0.9, test=0.95, change=-0.3, over=True, model="m1.0", records="r1.0")]
+    sweep = Sweep("task_arithmetic", {}, 0, [SweepPoint(1.0, rounds[0].candidate),
+                                             point(0.5, 0.85, -0.02, False, test=0.9)], chosen=0.5)
+    student = kept_student(rounds, sweep, Path("base"))
+    assert student.merge == {"method": "task_arithmetic", "strength": 0.5}
+    assert (student.scored.accuracy, student.candidate.model, student.scored.records) == \
+        (0.9, Path("m0.5"), Path("r0.5"))
+    assert kept_student(rounds, replace(sweep, chosen=1.0), Path("base")).merge is None
+    assert kept_student(rounds, None, Path("base")).candidate.model == Path("m1.0")
 
 
 def test_strengths_must_lie_strictly_between_0_and_1():

@@ -482,35 +482,39 @@ budget: {{requests: {budget}}}
 
 
 def test_synth_round0_runs_the_methods_and_charges_the_budget(tmp_path):
-    from protege.pipeline import prepare, synth_round0
+    from protege.loop.data import synthesize_round0
+    from protege.loop.state import prepare
     methods = ("  methods:\n    - {name: self-instruct, n: 2}\n"
                "    - {name: rejection, sampler: teacher, samples: 2}\n    - preference-pairs\n")
     written = Counted(["9+9", "8+8"])
     with StubServer(lambda m: total(m[1]["content"]) if is_answer(m) else written("w")) as server:
         (tmp_path / "task.yaml").write_text(TASK.format(instruction=INSTRUCTION, url=server.base_url,
                                                         model=tmp_path.name, methods=methods, budget=9))
-        ctx = prepare(load_task(tmp_path), tmp_path / "run")
-        folder = synth_round0(ctx)
+        state = prepare(load_task(tmp_path), tmp_path / "run")
+        folder = synthesize_round0(state).data.parent
     data, notes = read_jsonl(folder / "data.jsonl"), read_json(folder / "methods.json")
     # 2 written + 2 answered, then rejection's k=2 for as many inputs as the 5 requests left allow
     assert sources(data) == {"seed": 3, "self-instruct": 2, "rejection": 2}
     assert [n["method"] for n in notes["steps"]] == ["self-instruct", "rejection", "preference-pairs"]
-    assert [n["requests"] for n in notes["steps"]] == [4, 4, 0] and ctx.spent == 8 <= 9
+    assert [n["requests"] for n in notes["steps"]] == [4, 4, 0] and state.budget.spent == 8 <= 9
     assert all(p["meta"]["source"] == "preference-pairs" for p in read_jsonl(folder / "pairs.jsonl"))
 
 
 def test_a_task_without_methods_keeps_its_stage_key(tmp_path):
-    from protege.pipeline import prepare, synth_round0
+    from protege.loop.data import synthesize_round0
+    from protege.loop.state import prepare
     with StubServer(lambda m: total(m[1]["content"])) as server:
         (tmp_path / "task.yaml").write_text(TASK.format(instruction=INSTRUCTION, url=server.base_url,
                                                         model=tmp_path.name, methods="", budget=9))
         task = load_task(tmp_path)
-        ctx = prepare(task, tmp_path / "run")
-        folder = synth_round0(ctx)
+        state = prepare(task, tmp_path / "run")
+        folder = synthesize_round0(state).data.parent
     key = read_json(folder / "stage.json")["key"]
     synth = {"label_inputs": False, "expand": 0, "generator": "", "seeds_per_prompt": 3, "per_failure": 2,
-             "max_failures": 64, "mine_size": 200}
-    assert key == {"teacher": ctx.teacher.backend.identity(), "instruction": INSTRUCTION,
-                   "seeds": [s.model_dump() for s in task.seeds], "inputs": [], "synth": synth, "budget": 9}
+             "max_failures": 64, "mine_size": 200, "methods": []}
+    # what only the synthesis methods read (the student, the metric, the test inputs) stays out
+    assert key == {"teacher": state.teacher.backend.identity(), "instruction": INSTRUCTION,
+                   "seeds": [s.model_dump() for s in task.seeds], "inputs": [], "synth": synth, "budget": 9,
+                   "seed": 0, "student": None, "metric": None, "test": None, "max_new_tokens": None}
     assert sorted(p.name for p in folder.iterdir()) == ["data.jsonl", "stage.json", "teacher.json"]
     assert Run(tmp_path / "run").stage("synth-r0", key, lambda out: None)[1]  # the same stage: reused

@@ -239,22 +239,33 @@ def test_a_run_killed_midway_repays_only_what_never_came_back(tmp_path):
 # --- the pipeline: tokens per stage in teacher.json, and the token budget
 
 def test_a_stage_records_its_tokens_and_the_budget_charges_them(tmp_path, examples_dir):
-    from protege.pipeline import Context, _teacher_stage
+    from dataclasses import dataclass
+    from protege.loop.stage import StageInputs, teacher_stage
+    from protege.loop.state import Budget, RunState
+
+    @dataclass(frozen=True)
+    class Asked(StageInputs):
+        k: int
 
     task = load_task(examples_dir / "iso-dates", ["budget.requests=50", "budget.tokens=20"])
+
+    def state_of(teacher):
+        return RunState(task=task, run=Run(tmp_path / "run"), device="cpu", base=None, students=None,
+                        teacher=teacher, budget=Budget(50, 20))
     with StubServer(shout) as server:
         teacher = CachedTeacher(OpenAITeacher(openai_cfg(server)), TeacherCache(tmp_path / "c.sqlite"))
-        ctx = Context(task=task, run=Run(tmp_path / "run"), teacher=teacher)
-        build = lambda out: teacher.complete(ask(["a b", "c"]))  # noqa: E731 (7 in, 3 out, as above)
-        folder = _teacher_stage(ctx, "synth-x", {"k": 1}, build)
-        again = Context(task=task, run=Run(tmp_path / "run"), teacher=teacher)
-        _teacher_stage(again, "synth-x", {"k": 1}, build)  # done already: charged from its teacher.json
+        state = state_of(teacher)
+        build = lambda out: teacher.complete(ask(["a b", "c"])) and None  # noqa: E731 (7 in, 3 out, as above)
+        folder = teacher_stage(state, "synth-x", Asked(1), build)
+        again = state_of(teacher)
+        teacher_stage(again, "synth-x", Asked(1), build)  # done already: charged from its teacher.json
     used = read_json(folder / "teacher.json")
     assert (used["requests"], used["tokens_in"], used["tokens_out"], used["retried"]) == (2, 7, 3, 0)
-    assert ctx.spent_tokens == again.spent_tokens == 10 and ctx.tokens_left == 10
-    assert ctx.left == 2  # 10 tokens left at 5 a request; the request budget alone would allow 50
-    ctx.spent_tokens = 20
-    assert ctx.left == 0
+    budget = state.budget
+    assert budget.spent_tokens == again.budget.spent_tokens == 10 and budget.tokens_left == 10
+    assert budget.left == 2  # 10 tokens left at 5 a request; the request budget alone would allow 50
+    budget.spent_tokens = 20
+    assert budget.left == 0
 
 
 # --- the local teacher

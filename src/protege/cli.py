@@ -16,10 +16,10 @@ def _run_dir(args, task) -> Path:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import run_pipeline
+    from .loop.run import run_loop
     from .report.summary import merge_words, difference_line, results_table
     task = load_task(args.task, args.set)
-    summary = run_pipeline(task, _run_dir(args, task))
+    summary = run_loop(task, _run_dir(args, task)).to_json()
     student = summary["student"]
     print("\n" + results_table(summary))
     print(f"\nstudent kept: round {student['round']}{merge_words(student)} ({student['accuracy']:.1%} held-out), "
@@ -31,77 +31,84 @@ def cmd_run(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .pipeline import curate_round, prepare, synth_round0
+    from .loop.data import curate_round, synthesize_round0
+    from .loop.state import prepare
     task = load_task(args.task, args.set)
-    ctx = prepare(task, _run_dir(args, task))
-    raw = synth_round0(ctx) / "data.jsonl"
-    curated = curate_round(ctx, 0, [raw], None)
-    print(json.dumps({"data": str(raw), "train": str(curated / "train.jsonl"), "dev": str(curated / "dev.jsonl"),
-                      "removed": str(curated / "removed.jsonl"), "teacher_requests": ctx.spent}, indent=2))
+    state = prepare(task, _run_dir(args, task))
+    raw = synthesize_round0(state).data
+    curated = curate_round(state, 0, [raw], None)
+    print(json.dumps({"data": str(raw), "train": str(curated.train), "dev": str(curated.dev),
+                      "removed": str(curated.removed), "teacher_requests": state.budget.spent}, indent=2))
     return 0
 
 
 def cmd_train(args) -> int:
-    from .pipeline import curate_round, prepare, synth_round0, train_round
+    from .loop.data import curate_round, synthesize_round0
+    from .loop.state import prepare
+    from .loop.training import train_round
     from .runs import is_main_process
     task = load_task(args.task, args.set)
     if args.adapter:
         task.spec.train.adapter = args.adapter
     if args.method:
         task.spec.train.method = args.method
-    ctx = prepare(task, _run_dir(args, task))
-    data = Path(args.data) if args.data else curate_round(ctx, 0, [synth_round0(ctx) / "data.jsonl"], None) \
-        / "train.jsonl"
-    if not data.is_file():
-        raise ConfigError(f"{data}:1: field 'data': file not found")
-    trained = train_round(ctx, 0, data, given=bool(args.data))
+    state = prepare(task, _run_dir(args, task))
+    if args.data:
+        data, pairs = Path(args.data), None
+        if not data.is_file():
+            raise ConfigError(f"{data}:1: field 'data': file not found")
+    else:
+        round0 = synthesize_round0(state)
+        data, pairs = curate_round(state, 0, [round0.data], None).train, round0.pairs
+    trained = train_round(state, 0, data, pairs, given=bool(args.data))
     if is_main_process():
         print(json.dumps({"model": str(trained / "model"), "log": str(trained / "train_log.json")}, indent=2))
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .pipeline import prepare
+    from .loop.state import prepare
     task = load_task(args.task, args.set)
-    ctx = prepare(task, _run_dir(args, task))
+    state = prepare(task, _run_dir(args, task))
     model = Path(args.model).resolve() if args.model else None
     if model is not None and not model.is_dir():
         raise ConfigError(f"{model}:1: field 'model': not a directory")
-    result = evaluate_alone(ctx, model, args)
-    write_json(ctx.run.root / "eval-cli.json", result)
+    result = evaluate_alone(state, model, args)
+    write_json(state.run.root / "eval-cli.json", result)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def evaluate_alone(ctx, model: Path | None, args) -> dict:
+def evaluate_alone(state, model: Path | None, args) -> dict:
     """`protege eval`: the task score with its interval, and on request forgetting against the base,
     the judge, and lm-evaluation-harness scores beside protege's own."""
-    from .eval_stages import eval_stage, forgetting_of, judge_stage, probe_stage
-    key = str(model) if model else ctx.base_id
-    result = {"model": str(model) if model else "base", "task": eval_stage(ctx, "eval-cli", model, ctx.task.test, key)}
+    from .loop.scoring import evaluate, evaluate_teacher, forgetting_of, judge, probe
+    from .loop.state import ModelRef
+    target = ModelRef(model, str(model)) if model else state.base
+    scored = evaluate(state, "eval-cli", target, state.task.test)
+    result = {"model": str(model) if model else "base", "task": scored.to_json()}
     if args.forgetting and model is not None:
-        base = probe_stage(ctx, "probe-base", None, ctx.base_id)
-        result["forgetting"] = forgetting_of(ctx, base, probe_stage(ctx, "probe-cli", model, key))
+        base = probe(state, "probe-base", state.base)
+        result["forgetting"] = forgetting_of(state, base, probe(state, "probe-cli", target)).to_json()
     if args.judge:
-        from .eval_stages import eval_teacher
-        ctx.spec.judge.mode = args.judge
-        result["judge"] = judge_stage(ctx, {"student": result["task"], "teacher": eval_teacher(ctx)})
+        state.spec.judge.mode = args.judge
+        result["judge"] = judge(state, {"student": scored, "teacher": evaluate_teacher(state)})
     if args.lm_eval:
-        result["lm_eval"] = lm_eval_scores(ctx, model, args)
+        result["lm_eval"] = lm_eval_scores(state, model, args)
     return result
 
 
-def lm_eval_scores(ctx, model: Path | None, args) -> dict:
+def lm_eval_scores(state, model: Path | None, args) -> dict:
     """lm-evaluation-harness loads a plain model directory: an adapter is merged into its base first."""
     from .evaluate.lm_eval import run_lm_eval
     from .models import is_adapter, save_merged
-    directory = model or ctx.base
+    directory = model or state.base_dir
     if model is not None and is_adapter(model):
-        folder, _ = ctx.run.stage("merged-cli", {"base": ctx.base_id, "adapter": str(model)},
-                                  lambda out: save_merged(ctx.base, model, out))
+        folder, _ = state.run.stage("merged-cli", {"base": state.base.identity, "adapter": str(model)},
+                                    lambda out: save_merged(state.base_dir, model, out))
         directory = folder
     tasks = [t for t in args.lm_eval.split(",") if t]
-    return run_lm_eval(directory, tasks, device=ctx.device, limit=args.lm_eval_limit,
+    return run_lm_eval(directory, tasks, device=state.device, limit=args.lm_eval_limit,
                        include_path=Path(args.lm_eval_include) if args.lm_eval_include else None)
 
 

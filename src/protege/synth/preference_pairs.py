@@ -7,7 +7,7 @@ round 0 from the base student into the stage's pairs.jsonl."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from ..evaluate.generate import generate
 from ..evaluate.task_eval import task_chat
@@ -85,3 +85,10 @@ def sample_student(model, tokenizer, chats: list[list[dict]], k: int, temperatur
     replies = generate(model, tokenizer, repeated, max_new_tokens, batch_size, temperature=temperature,
                        seed=seed, desc="sample")
     return [replies[i * k:(i + 1) * k] for i in range(len(chats))]
+
+
+def sample_answers(model, tokenizer, instruction: str, items: Sequence[tuple[str, str | None]], k: int,
+                   temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """k answers of a student per (input, reference) item, sampled on the prompt it sees in training."""
+    chats = [task_chat(instruction, text) for text, _ in items]
+    return sample_student(model, tokenizer, chats, k, temperature, max_new_tokens, seed)

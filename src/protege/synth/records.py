@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from ..evaluate.task_eval import task_chat
 from ..runs import digest
 
@@ -25,3 +27,10 @@ def is_task_answer(record: dict) -> bool:
     and the mixture's general data do not: they never become dev items or failures to learn from."""
     meta = record.get("meta", {})
     return meta.get("task_answer", True) and meta.get("source") != "general"
+
+
+def sample_task_records(records: list[dict], count: int, seed: int) -> list[dict]:
+    """Up to `count` records whose answer answers the task, drawn with a seeded sampler: what the
+    student is tested on to mine failures, and sampled on for dpo pairs and cft candidates."""
+    answers = [r for r in records if is_task_answer(r)]
+    return random.Random(seed).sample(answers, min(count, len(answers)))

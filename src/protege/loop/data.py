@@ -1,0 +1,193 @@
+"""Data stages: round 0's synthesis (seeds, teacher labels, expansion, the synthesis methods), the
+curation of each round's data (with the dev set held out in round 0), failure mining (LLM2LLM: the
+student on its own training data) and the teacher's new examples like the failures."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import CurateConfig, Example, MetricConfig, SynthConfig
+from ..runs import read_jsonl, write_json, write_jsonl
+from ..synth.records import is_task_answer, record_answer, record_input, sample_task_records, sft_record
+from .results import Curated
+from .scoring import evaluate
+from .stage import StageInputs, teacher_stage
+from .state import ModelRef, RunState
+
+
+@dataclass(frozen=True)
+class Round0Inputs(StageInputs):
+    teacher: str
+    instruction: str
+    seeds: list[Example]
+    inputs: list[str]
+    synth: SynthConfig
+    budget: int
+    seed: int
+    # read by the synthesis methods only: None without methods, so adding none keeps the stage
+    student: str | None = None
+    metric: MetricConfig | None = None
+    test: list[str] | None = None
+    max_new_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Round0Data:
+    data: Path  # the chat records
+    pairs: Path | None  # preference pairs a synthesis method made (round 0's dpo learns from them too)
+
+
+def synthesize_round0(state: RunState) -> Round0Data:
+    """Seeds as they are, the teacher's answers to the unlabeled inputs, expanded inputs, then the
+    synthesis methods of synth.methods in order (their preference pairs go to pairs.jsonl, what each
+    made, dropped and asked to methods.json)."""
+    spec, task = state.spec, state.task
+    with_methods = {"student": state.base.identity, "metric": spec.metric, "test": [t.input for t in task.test],
+                    "max_new_tokens": spec.eval.max_new_tokens} if spec.synth.methods else {}
+    inputs = Round0Inputs(state.teacher.backend.identity(), spec.instruction, task.seeds, task.inputs, spec.synth,
+                          spec.budget.requests, spec.train.seed, **with_methods)
+    folder = teacher_stage(state, "synth-r0", inputs, lambda out: write_round0(out, state, inputs),
+                           count_requests=True)
+    pairs = folder / "pairs.jsonl"
+    return Round0Data(folder / "data.jsonl", pairs if pairs.is_file() else None)
+
+
+def write_round0(out: Path, state: RunState, inputs: Round0Inputs) -> int:
+    """Writes data.jsonl (and the methods' files); returns the requests made to other teachers."""
+    start = state.teacher.stats.requests
+    records = [sft_record(inputs.instruction, s.input, s.output, "seed", 0) for s in inputs.seeds]
+    labeled = inputs.inputs[:inputs.budget] if inputs.synth.label_inputs else []
+    records += label(state, labeled, "teacher")
+    records += expanded(state, inputs, inputs.budget - len(labeled))
+    extra = 0
+    if inputs.synth.methods:
+        records, extra = run_synth_methods(out, state, inputs, records,
+                                           inputs.budget - (state.teacher.stats.requests - start))
+    write_jsonl(out / "data.jsonl", records)
+    return extra
+
+
+def label(state: RunState, texts: list[str], source: str, round_: int = 0) -> list[dict]:
+    from ..synth.label import label_inputs
+    return label_inputs(state.teacher, state.spec.instruction, texts, source, round_)[0]
+
+
+def expanded(state: RunState, inputs: Round0Inputs, budget: int) -> list[dict]:
+    """New inputs from the task's generator, or written by the teacher from k random seeds; labeled."""
+    from ..synth.expand import inputs_from_generator, inputs_from_teacher
+    synth = inputs.synth
+    if synth.generator:
+        new = inputs_from_generator(synth.generator, state.task.directory, synth.expand, inputs.seed)[:budget]
+    else:
+        pool = [s.input for s in inputs.seeds] + inputs.inputs
+        new = inputs_from_teacher(state.teacher, inputs.instruction, pool, min(synth.expand, budget // 2),
+                                  synth.seeds_per_prompt, inputs.seed)
+    return label(state, new, "expand")
+
+
+def run_synth_methods(out: Path, state: RunState, inputs: Round0Inputs, records: list[dict],
+                      budget: int) -> tuple[list[dict], int]:
+    from ..synth.registry import SynthContext, run_methods
+    methods = SynthContext(state.teacher, inputs.instruction, budget, metric=inputs.metric,
+                           task_dir=state.task.directory, seed=inputs.seed, exclude=inputs.test,
+                           student=state.base_student, student_id=inputs.student, device=state.device,
+                           max_new_tokens=inputs.max_new_tokens, say=state.say)
+    records = run_methods(records, inputs.synth.methods, methods)
+    write_jsonl(out / "pairs.jsonl", methods.pairs)
+    write_json(out / "methods.json", {"steps": methods.notes, "extra_requests": methods.extra_requests})
+    return records, methods.extra_requests
+
+
+@dataclass(frozen=True)
+class CurateInputs(StageInputs):
+    data: list[Path]
+    test: list[str]
+    curate: CurateConfig
+    dev_size: int
+    seed: int
+    dev: Path | None  # round 0 holds the dev set out; later rounds keep round 0's
+    instruction: str
+    max_length: int
+    # scoring steps read the base student, the judge and the teacher: a change of any must re-curate
+    student: str
+    judge: str
+    teacher: str
+
+
+def curate_round(state: RunState, round_: int, data_files: list[Path], dev_from: Path | None) -> Curated:
+    """Run the curation steps over all data so far; in round 0 also hold out the dev set. A step that
+    asks the judge (quality) or the teacher (mixture) is recorded and charged like a synthesis stage."""
+    spec = state.spec
+    judge = state.judge_teacher()
+    inputs = CurateInputs(data_files, [t.input for t in state.task.test], spec.curate, spec.eval.dev_size,
+                          spec.train.seed, dev_from, spec.instruction, spec.train.max_length, state.base.identity,
+                          judge.backend.identity(), state.teacher.backend.identity())
+    folder = teacher_stage(state, f"curate-r{round_}", inputs, lambda out: write_curated(out, state, round_, inputs),
+                           judge, count_requests=True)
+    return Curated(folder / "train.jsonl", folder / "dev.jsonl", folder / "removed.jsonl")
+
+
+def write_curated(out: Path, state: RunState, round_: int, inputs: CurateInputs) -> None:
+    from ..curate import CurateContext, curate
+    records = [r for p in inputs.data for r in read_jsonl(p)]
+    dev = read_jsonl(inputs.dev) if inputs.dev else []
+    kept, removed = curate(records, inputs.curate, CurateContext(
+        test_inputs=inputs.test + [record_input(d) for d in dev], instruction=inputs.instruction, seed=inputs.seed,
+        round=round_, device=state.device, student=state.base_student, judge=state.judge_teacher,
+        teacher=state.teacher, max_length=inputs.max_length, say=state.say))
+    if inputs.dev is None:
+        dev, kept = hold_out_dev(kept, inputs.dev_size, inputs.seed)
+    write_jsonl(out / "train.jsonl", kept)
+    write_jsonl(out / "dev.jsonl", dev)
+    write_jsonl(out / "removed.jsonl", removed)
+
+
+def hold_out_dev(records: list[dict], size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The dev set comes from teacher-labeled data (never seeds, never the test set): it decides
+    when the loop stops, so the test set stays untouched until it is reported."""
+    repeats = Counter(record_input(r) for r in records)
+    candidates = [i for i, r in enumerate(records) if r["meta"]["source"] not in ("seed", "general")
+                  and is_task_answer(r) and not r["meta"].get("alternative") and repeats[record_input(r)] == 1]
+    chosen = set(random.Random(seed).sample(candidates, min(size, len(candidates) // 5)))
+    return [records[i] for i in sorted(chosen)], [r for i, r in enumerate(records) if i not in chosen]
+
+
+def as_examples(records: list[dict]) -> list[Example]:
+    return [Example(input=record_input(r), output=record_answer(r)) for r in records]
+
+
+def mine_failures(state: RunState, round_: int, student: ModelRef, train_file: Path) -> list[str]:
+    """LLM2LLM: test the student on (a sample of) its own training data; the misses seed new data."""
+    spec = state.spec
+    sample = sample_task_records(read_jsonl(train_file), spec.synth.mine_size, spec.train.seed + round_)
+    misses = evaluate(state, f"mine-r{round_}", student, as_examples(sample)).failed_inputs()
+    return misses[:spec.synth.max_failures]
+
+
+@dataclass(frozen=True)
+class FailureSynthInputs(StageInputs):
+    teacher: str
+    failures: list[str]
+    per: int
+    instruction: str
+    round: int
+    never: list[str]  # the test inputs: no new input may copy one
+
+
+def synthesize_failures(state: RunState, round_: int, failures: list[str]) -> Path:
+    """The teacher writes new inputs like each failure the budget affords, and answers them."""
+    spec = state.spec
+    per = spec.synth.per_failure
+    inputs = FailureSynthInputs(state.teacher.backend.identity(), failures[:state.budget.left // max(1, 2 * per)],
+                                per, spec.instruction, round_, [t.input for t in state.task.test])
+
+    def build(out: Path) -> None:
+        from ..synth.failures import inputs_like_failures
+        written = inputs_like_failures(state.teacher, inputs.instruction, inputs.failures, inputs.per, inputs.round,
+                                       exclude=inputs.never)
+        write_jsonl(out / "data.jsonl", label(state, [p for p, _ in written], f"failure-round-{round_}", round_))
+
+    return teacher_stage(state, f"synth-r{round_}", inputs, build, count_requests=True) / "data.jsonl"

@@ -1,0 +1,127 @@
+"""What one run owns: its task, its run directory, the teacher and the budget it charges, the base
+student and the one student model loaded at a time. Nothing else in the loop keeps state."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import LoadedTask, TaskSpec, TeacherConfig
+from ..models import load_model, model_dir, pick_device
+from ..runs import Run, digest
+from ..teachers import CachedTeacher, TeacherCache, affordable, build_teacher
+
+
+def say_progress(line: str) -> None:
+    """Progress goes to stderr (beside the progress bars); stdout carries only results."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Budget:
+    """The teacher budget: requests the synthesis may make and, optionally, tokens every stage that
+    asks the task's teacher may use. Only the teacher-stage helper charges it."""
+
+    requests: int
+    tokens: int | None = None
+    spent: int = 0  # requests charged so far
+    spent_tokens: int = 0  # tokens (in + out) charged so far
+    token_requests: int = 0  # the requests those tokens paid for
+
+    def charge(self, used: dict, count_requests: bool) -> None:
+        """Charge what a stage's teacher.json says it used; its requests (and those it made to other
+        teachers, as an ensemble's) count against the request budget when `count_requests`."""
+        self.spent_tokens += used.get("tokens_in", 0) + used.get("tokens_out", 0)
+        self.token_requests += used["requests"]
+        if count_requests:
+            self.spent += used["requests"] + used.get("extra_requests", 0)
+
+    @property
+    def tokens_left(self) -> int | None:
+        """What is left of the token budget; None: tokens are not budgeted."""
+        return None if self.tokens is None else max(0, self.tokens - self.spent_tokens)
+
+    @property
+    def left(self) -> int:
+        """Requests still affordable: the rest of the request budget and, when tokens are budgeted,
+        no more than the rest of those buys at the mean cost of a request so far."""
+        requests = max(0, self.requests - self.spent)
+        if self.tokens_left is None:
+            return requests
+        return min(requests, affordable(self.tokens_left, self.spent_tokens, self.token_requests, requests))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a stage evaluates or starts from: its directory (None: the base student itself) and
+    the identity that goes into stage keys."""
+
+    path: Path | None
+    identity: str
+
+
+class StudentLoader:
+    """A round's test, dev and mining evaluations share one loaded (and merged) model; loading
+    another frees the last."""
+
+    def __init__(self, base: Path, device: str):
+        self.base, self.device = base, device
+        self.loaded: tuple | None = None  # (adapter, model, tokenizer)
+
+    def load(self, adapter: Path | None = None) -> tuple:
+        if self.loaded is None or self.loaded[0] != adapter:
+            self.loaded = None  # free the previous model before loading the next
+            self.loaded = (adapter, *load_model(self.base, self.device, adapter))
+        return self.loaded[1:]
+
+
+def cached_teacher(cfg: TeacherConfig, task_dir: Path, student: tuple | None = None) -> CachedTeacher:
+    """A teacher behind the shared SQLite cache; student: (load, identity), for the self teacher."""
+    return CachedTeacher(build_teacher(cfg, task_dir, student), TeacherCache(), {"max_tokens": cfg.max_tokens})
+
+
+@dataclass
+class RunState:
+    task: LoadedTask
+    run: Run
+    device: str
+    base: ModelRef
+    students: StudentLoader
+    teacher: CachedTeacher
+    budget: Budget
+    say: Callable[[str], None] = say_progress
+    judge: CachedTeacher | None = field(default=None)  # None: the task's teacher judges
+
+    @property
+    def spec(self) -> TaskSpec:
+        return self.task.spec
+
+    @property
+    def base_dir(self) -> Path:
+        return self.students.base
+
+    def base_student(self) -> tuple:
+        """(model, tokenizer) of the base student, loaded on first use."""
+        return self.students.load(None)
+
+    def judge_teacher(self) -> CachedTeacher:
+        return self.judge or self.teacher
+
+
+def base_identity(spec_model: str, directory: Path) -> str:
+    return digest([spec_model, (directory / "config.json").read_text()])
+
+
+def prepare(task: LoadedTask, run_dir: Path, say: Callable[[str], None] = say_progress) -> RunState:
+    """Resolve the student, build the teachers, open the run directory."""
+    spec = task.spec
+    device = pick_device(spec.train.device)
+    base_dir = model_dir(spec.student.model, task.directory)
+    base = ModelRef(None, base_identity(spec.student.model, base_dir))
+    students = StudentLoader(base_dir, device)
+    teacher = cached_teacher(spec.teacher, task.directory, (lambda: students.load(None), base.identity))
+    judge = cached_teacher(spec.judge.teacher, task.directory) if spec.judge.teacher else None
+    return RunState(task=task, run=Run(run_dir), device=device, base=base, students=students, teacher=teacher,
+                    budget=Budget(spec.budget.requests, spec.budget.tokens), say=say, judge=judge)
