@@ -21,12 +21,12 @@ from pathlib import Path
 CONFIGS = {
     "sft-lora": ["train.method=sft", "train.adapter=lora"],
     "masked-thought-lora": ["train.method=masked-thought", "train.adapter=lora"],
-    "cft-lora": ["train.method=cft", "train.adapter=lora", "train.cft_ratio=0.5"],
+    "cft-lora": ["train.method=cft", "train.adapter=lora", "train.method.ratio=0.5"],
     "dpo-lora": ["train.method=dpo", "train.adapter=lora"],
     "grpo-lora": ["train.method=grpo", "train.adapter=lora"],
     # each adapter at its default learning rate (1e-3 lora, 2e-4 hft)
     "sft-hft": ["train.method=sft", "train.adapter=hft"],
-    "cft-hft": ["train.method=cft", "train.adapter=hft", "train.cft_ratio=0.5"],
+    "cft-hft": ["train.method=cft", "train.adapter=hft", "train.method.ratio=0.5"],
 }
 
 

@@ -74,7 +74,7 @@ def task_teacher(name: str):
 def build_records(n: int) -> list[dict]:
     """n chat records: both tasks' seeds and inputs, answered by their teachers, mixed."""
     from protege.config import load_task
-    from protege.synth.records import sft_record
+    from protege.records import sft_record
 
     pool = []
     for name in TASKS:
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     last = max(1, min(10, steps // 4))
     print(f"model {args.model} ({model_path}), device {device}, torch threads {torch.get_num_threads()}, "
           f"{args.examples} examples, batch {args.batch_size}, {steps} steps, lr {args.lr:g}, "
-          f"LoRA r={lora_cfg.lora_r} alpha={lora_cfg.lora_alpha} targets={lora_cfg.lora_targets}", flush=True)
+          f"LoRA r={lora_cfg.adapter.r} alpha={lora_cfg.adapter.alpha} targets={lora_cfg.adapter.targets}", flush=True)
 
     precisions = ["bf16"] if device == "cuda" else ["fp32", "bf16"]
     before = {p: matmul_peak(device, p) for p in precisions}
@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     if device == "cuda" and any(run["precision"] != "bf16" for run in runs.values()):
         peaks["fp32"] = matmul_peak(device, "fp32")  # a GPU without bf16
 
-    rows = [summary(name, run, shape, lora_cfg.lora_r, peaks, last) for name, run in runs.items()]
-    flops = training_flops(shape, lora_cfg.lora_r, 1, 0, 0)
+    rows = [summary(name, run, shape, lora_cfg.adapter.r, peaks, last) for name, run in runs.items()]
+    flops = training_flops(shape, lora_cfg.adapter.r, 1, 0, 0)
     print()
     for p in precisions:
         print(f"matmul peak {p}: {peaks[p] / 1e9:.1f} GFLOP/s ({peak_description(device, p)}, best of 5; "
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nsame examples in the same steps: {sum(same)}/{len(same)} batches identical "
               f"(token for token); answer tokens {runs['TRL-defaults']['recorder'].total('answer')} vs "
               f"{runs['protege']['recorder'].total('answer')}")
-        parts = training_flops(shape, lora_cfg.lora_r, runs["protege"]["recorder"].total("tokens"),
+        parts = training_flops(shape, lora_cfg.adapter.r, runs["protege"]["recorder"].total("tokens"),
                                runs["protege"]["recorder"].total("answer"),
                                runs["protege"]["recorder"].total("pairs"))["parts"]
         print("protege model FLOPs: " + ", ".join(f"{k} {v / 1e12:.3f} T" for k, v in parts.items())

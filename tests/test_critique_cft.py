@@ -7,15 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 from openai_stub import StubServer
-from protege.config import TeacherConfig, TrainConfig
+from protege.config import TrainConfig
 from protege.models import model_dir
 from protege.runs import read_jsonl
 from protege.synth.critique import critique_candidates, critique_records, critique_requests, parse_verdict
-from protege.synth.records import record_answer, record_input, sft_record
+from protege.records import record_answer, record_input, sft_record
 from protege.teachers import CachedTeacher, TeacherCache, TeacherRequest, build_teacher
 from protege.teachers.base import cache_key
 from protege.teachers.function import load_callable
-from protege.teachers.openai_api import OpenAITeacher
+from protege.teachers.function import FunctionTeacherConfig
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
 from protege.train.cft import cft_mix, train_cft
 
 INSTRUCTION = "Solve the word problem. Show your work, one step per line, then end with 'Answer: <number>'."
@@ -104,7 +105,7 @@ def test_arithmetic_teacher_critiques_and_keeps_its_other_replies(examples_dir):
 
 
 def test_function_teacher_critiques_become_records(tmp_path, examples_dir):
-    teacher = CachedTeacher(build_teacher(TeacherConfig(kind="function", function="teacher:teacher"),
+    teacher = CachedTeacher(build_teacher(FunctionTeacherConfig(function="teacher:teacher"),
                                           examples_dir / "arithmetic"), TeacherCache(tmp_path / "c.sqlite"))
     items = arithmetic_items(examples_dir, 3)
     candidates = [[ref, wrong(ref), "", ref] for _, ref in items]  # empty and repeated ones are skipped
@@ -157,7 +158,7 @@ def test_openai_critiques_drop_and_count_malformed_replies(tmp_path):
     candidates = [["2 + 3 = 5\nAnswer: 5", "2 + 3 = 6\nAnswer: 6", "ramble"],
                   ["2 + 3 = 5\nAnswer: 5", "trail", "maybe"]]
     with StubServer(critic) as server:
-        backend = OpenAITeacher(TeacherConfig(kind="openai", base_url=server.base_url, model="m", concurrency=3))
+        backend = OpenAITeacher(OpenAITeacherConfig(base_url=server.base_url, model="m", concurrency=3))
         teacher = CachedTeacher(backend, TeacherCache(tmp_path / "c.sqlite"))
         result = critique_candidates(teacher, "Add.", items, candidates)
         assert server.requests == 6
@@ -230,7 +231,7 @@ def test_train_cft_trains_the_adapter_and_logs_the_mix(tmp_path, examples_dir):
     assert len(critiques) == 8
     sft = [sft_record(INSTRUCTION, r["input"], r["output"], "seed", 0)
            for r in read_jsonl(examples_dir / "arithmetic" / "seeds.jsonl")]
-    cfg = TrainConfig(method="cft", cft_ratio=0.5, max_steps=2, batch_size=4, max_length=1024)
+    cfg = TrainConfig(method={"name": "cft", "ratio": 0.5}, max_steps=2, batch_size=4, max_length=1024)
     log = train_cft(model_dir("tiny:0"), critiques, sft, cfg, tmp_path)
     adapter = load_file(tmp_path / "model" / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())  # B starts at zero

@@ -6,11 +6,17 @@ import pytest
 import torch
 
 from openai_stub import StubServer
-from protege.config import (ConfigError, CurateConfig, CurriculumStep, DecontaminateStep, DedupStep,
-                            DiversityStep, IFDStep, MixtureStep, PerplexityStep, QualityStep, TeacherConfig,
-                            parse_spec)
+from protege.config import ConfigError, CurateConfig, parse_spec
 from protege.curate import CurateContext, curate
 from protege.curate import curriculum, decontaminate, dedup, diversity, ifd, mixture, perplexity, quality
+from protege.curate.curriculum import CurriculumStep
+from protege.curate.decontaminate import DecontaminateStep
+from protege.curate.dedup import DedupStep
+from protege.curate.diversity import DiversityStep
+from protege.curate.ifd import IFDStep
+from protege.curate.mixture import MixtureStep
+from protege.curate.perplexity import PerplexityStep
+from protege.curate.quality import QualityStep
 from protege.curate.embeddings import nearest
 from protege.curate.student_loss import ifd as ifd_score
 from protege.curate.student_loss import mean_answer_losses, student_losses, without_question
@@ -18,9 +24,9 @@ from protege.evaluate.forgetting import PROBE_FILE
 from protege.evaluate.metrics.exact import normalize
 from protege.models import load_model
 from protege.models.tiny import build_tiny
-from protege.synth.records import record_input, sft_record
+from protege.records import record_input, sft_record
 from protege.teachers import CachedTeacher, TeacherCache
-from protege.teachers.openai_api import OpenAITeacher
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
 from protege.train.sft import tokenize_chat
 
 
@@ -67,7 +73,7 @@ def test_curate_default_and_the_old_mapping_form():
 
 @pytest.mark.parametrize("text, line, words", [
     ("curate:\n  - dedupe\n", 3, "does not match any of the expected tags"),
-    ("curate:\n  - name: quality\n    min_score: 11\n", 3, "less than or equal to 10"),
+    ("curate:\n  - name: quality\n    min_score: 11\n", 4, "less than or equal to 10"),  # min_score's own line
     ("curate:\n  dedup: true\n  shuffle: true\n", 2, "unknown key(s) ['shuffle']"),
 ])
 def test_bad_curate_step_names_file_and_line(text, line, words):
@@ -193,7 +199,7 @@ def judge_reply(messages):
 def test_quality_drops_low_judge_scores_keeps_unscored_and_seeds(tmp_path):
     records = [rec("q1", "good"), rec("q2", "bad"), rec("q3", "???"), rec("q4", "bad", source="seed")]
     with StubServer(judge_reply) as server:
-        cfg = TeacherConfig(kind="openai", base_url=server.base_url, model="judge")
+        cfg = OpenAITeacherConfig(base_url=server.base_url, model="judge")
         judge = CachedTeacher(OpenAITeacher(cfg), TeacherCache(tmp_path / "judge.sqlite"), {"max_tokens": 32})
         ctx = CurateContext(instruction="Answer.", judge=lambda: judge)
         kept, removed = quality.run(records, QualityStep(min_score=7), ctx)
@@ -297,7 +303,7 @@ def test_mixture_adds_self_replayed_general_examples(talking_tiny):
 
 def test_mixture_answered_by_the_teacher(tmp_path):
     with StubServer(lambda messages: "general answer") as server:
-        cfg = TeacherConfig(kind="openai", base_url=server.base_url, model="t")
+        cfg = OpenAITeacherConfig(base_url=server.base_url, model="t")
         teacher = CachedTeacher(OpenAITeacher(cfg), TeacherCache(tmp_path / "t.sqlite"), {"max_tokens": 32})
         kept, _ = mixture.run([rec(f"task {i}") for i in range(30)], MixtureStep(ratio=0.1, answer_by="teacher"),
                               CurateContext(teacher=teacher))

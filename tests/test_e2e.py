@@ -45,22 +45,24 @@ def test_run_function_teacher_then_rerun_reuses_everything(tmp_path, examples_di
 
 
 def test_a_changed_default_learning_rate_trains_a_new_stage(tmp_path, examples_dir, monkeypatch):
-    from protege.train import adapters
+    from protege.train.adapters import LoraOptions
     run_dir, one_round = tmp_path / "run", [*FAST, "--set", "rounds=1"]
     assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round]) == 0
     trained = {p.name for p in (run_dir / "stages").glob("train-r0-*")}
-    default = adapters.DEFAULT_LEARNING_RATES["lora"]
-    monkeypatch.setitem(adapters.DEFAULT_LEARNING_RATES, "lora", 5e-4)
+    default = LoraOptions.default_learning_rate
+    monkeypatch.setattr(LoraOptions, "default_learning_rate", 5e-4)
     assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round]) == 0
     retrained = {p.name for p in (run_dir / "stages").glob("train-r0-*")}
     (old,), (new,) = trained, retrained - trained
     first_rate = [json.loads((run_dir / "stages" / name / "train_log.json").read_text())["history"][0]["learning_rate"]
                   for name in (old, new)]
     assert first_rate[1] == pytest.approx(first_rate[0] * 5e-4 / default)
-    # settings only dpo and grpo read leave the sft stage they would start from as it is
-    dpo_only = ["--set", "train.dpo_beta=0.3", "--set", "train.rl_learning_rate=1e-4"]
-    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round, *dpo_only]) == 0
+    # settings only dpo reads leave the sft stage it starts from as it is: the dpo round trains no new one
+    dpo = ["--set", "train.method=dpo", "--set", "train.method.beta=0.3", "--set", "train.method.learning_rate=1e-4",
+           "--set", "train.method.samples=2"]
+    assert main(["run", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), *one_round, *dpo]) == 0
     assert {p.name for p in (run_dir / "stages").glob("train-r0-*")} == retrained
+    assert any((run_dir / "stages").glob("dpo-r0-*"))
 
 
 def chat_to_request(teacher_fn):
@@ -165,9 +167,14 @@ def test_run_measures_forgetting_and_writes_the_report(tmp_path, examples_dir, c
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
-METHOD_FAST = [*FAST, "--set", "rounds=1", "--set", "synth.mine_size=8", "--set", "train.report_to=[none]",
-               "--set", "train.grpo_max_completion=4", "--set", "train.grpo_max_steps=2",
-               "--set", "train.dpo_samples=2"]
+METHOD_FAST = [*FAST, "--set", "rounds=1", "--set", "synth.mine_size=8", "--set", "train.report_to=[none]"]
+# each method's own options, set after train.method names it
+METHOD_OPTIONS = {"dpo": ["samples=2"], "grpo": ["max_completion=4", "max_steps=2"], "distill": ["teacher=tiny:1"]}
+
+
+def method_settings(method: str) -> list[str]:
+    return ["--set", f"train.method={method}",
+            *[arg for option in METHOD_OPTIONS.get(method, []) for arg in ("--set", f"train.method.{option}")]]
 
 
 @pytest.mark.parametrize("method, stages, final", [
@@ -181,9 +188,8 @@ def test_run_with_each_training_method(tmp_path, examples_dir, method, stages, f
     """The loop trains a round with each method: the stages it needs appear, and the model kept is
     the one the method trained last."""
     run_dir = tmp_path / "run"
-    extra = ["--set", "train.distill_teacher=tiny:1"] if method == "distill" else []
     assert main(["run", str(examples_dir / "arithmetic"), "--run-dir", str(run_dir), *METHOD_FAST,
-                 "--set", f"train.method={method}", *extra]) == 0
+                 *method_settings(method)]) == 0
     assert stages <= {name.rsplit("-", 1)[0] for name in stage_names(run_dir)}
     summary = json.loads((run_dir / "summary.json").read_text())
     kept = Path(summary["student"]["model"]).parent
@@ -270,16 +276,16 @@ def test_critiques_of_a_later_round_carry_its_number(tmp_path, examples_dir):
         assert records and {r["meta"]["round"] for r in records} == {round_}
 
 
-def test_stage_keys_leave_out_what_only_other_methods_read():
-    from protege.config import TrainConfig
-    from protege.loop.training import METHOD_FIELDS, own_fields_only
+def test_stage_keys_leave_out_what_only_other_methods_read(tmp_path):
+    """A training stage's config holds the shared train fields and its own method's options only."""
+    from protege.config import TaskSpec
+    from protege.loop.training import method_config
 
-    def read_by(cfg, method):
-        return own_fields_only(cfg, method).model_dump()
-    cfg = TrainConfig()
-    assert set().union(*METHOD_FIELDS.values()) <= set(TrainConfig.model_fields)  # no stale names
-    changed = cfg.model_copy(update={"dpo_beta": 0.3, "rl_learning_rate": 1e-4})
-    assert read_by(changed, "sft") == read_by(cfg, "sft")
-    assert read_by(changed, "dpo") != read_by(cfg, "dpo")
-    assert read_by(changed, "grpo") != read_by(cfg, "grpo")  # rl_learning_rate
-    assert read_by(cfg.model_copy(update={"epochs": 5}), "sft") != read_by(cfg, "sft")
+    def read_by(train: dict, method: str) -> dict:
+        spec = TaskSpec(test=[{"input": "a", "output": "b"}], train=train)
+        return method_config(spec, method, tmp_path).model_dump()
+    plain, dpo = {}, {"method": {"name": "dpo", "beta": 0.3, "learning_rate": 1e-4}}
+    assert read_by(dpo, "sft") == read_by(plain, "sft") and read_by(dpo, "sft")["method"] == {"name": "sft"}
+    assert read_by(dpo, "dpo") != read_by(plain, "dpo")
+    assert read_by({"method": {"name": "grpo", "learning_rate": 1e-4}}, "grpo") != read_by(plain, "grpo")
+    assert read_by({"epochs": 5}, "sft") != read_by(plain, "sft")

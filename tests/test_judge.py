@@ -3,11 +3,11 @@ import re
 import pytest
 
 from openai_stub import StubServer
-from protege.config import Example, TeacherConfig
+from protege.config import Example
 from protege.evaluate.judge import (judge_pairwise, judge_pointwise, pairwise_summary, parse_score,
                                     parse_winner, pointwise_summary, swap_outcome)
 from protege.teachers import CachedTeacher, TeacherCache, TeacherRequest
-from protege.teachers.openai_api import OpenAITeacher
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
 
 INSTRUCTION = "Add the two numbers."
 RUBRIC = "The sum must be right."
@@ -15,7 +15,7 @@ REFERENCE = r"Reference answer \(known to be correct\)"
 
 
 def cached_judge(server, tmp_path):
-    cfg = TeacherConfig(kind="openai", base_url=server.base_url, model="judge", concurrency=4)
+    cfg = OpenAITeacherConfig(base_url=server.base_url, model="judge", concurrency=4)
     return CachedTeacher(OpenAITeacher(cfg), TeacherCache(tmp_path / "judge.sqlite"), {"max_tokens": 64})
 
 

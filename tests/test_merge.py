@@ -9,17 +9,18 @@ import torch
 from safetensors.torch import load_file, save_file
 from counting_open import counting_open
 
-from protege.merge import MERGES, merge_tensor
+from protege.merge import merge_tensor
 from protege.merge import streaming
 from protege.merge.lines import layer_index
 from protege.merge.streaming import merge_dirs
 from protege.models.tiny import build_tiny
+from protege.registry import MERGE
 
 T = torch.tensor
 
 
 def test_registry_names_every_method():
-    assert set(MERGES) == {"task_arithmetic", "linear", "ties", "dare", "breadcrumbs", "lines"}
+    assert set(MERGE.names()) == {"task_arithmetic", "linear", "ties", "dare", "breadcrumbs", "lines"}
     with pytest.raises(ValueError, match="unknown merge method"):
         merge_tensor("soup", T([1.0]), [T([2.0])], [1.0], {})
 
@@ -29,7 +30,7 @@ def test_task_arithmetic_by_hand():
     first = base + T([[1.0, 0, -1], [2, 0, 0]])
     second = base + T([[0.0, 1, 1], [-2, 0, 3]])
     # 2 * (d1 + 0.5 d2) = [[2, 1, -1], [2, 0, 3]]
-    merged = MERGES["task_arithmetic"](base, [first, second], [1.0, 0.5], scale=2.0)
+    merged = MERGE.get("task_arithmetic")(base, [first, second], [1.0, 0.5], scale=2.0)
     assert torch.equal(merged, T([[3.0, 3, 2], [6, 5, 9]]))
 
 
@@ -37,7 +38,7 @@ def test_linear_is_the_weighted_average():
     base = torch.zeros(1, 4)
     first, second = T([[4.0, 0, 8, -4]]), T([[0.0, 4, -8, 4]])
     # (1 * first + 3 * second) / 4
-    assert torch.equal(MERGES["linear"](base, [first, second], [1.0, 3.0]), T([[1.0, 3, -4, 2]]))
+    assert torch.equal(MERGE.get("linear")(base, [first, second], [1.0, 3.0]), T([[1.0, 3, -4, 2]]))
 
 
 TIES_DELTAS = [T([[4.0, -1, 2, -3]]), T([[-2.0, 3, -1, 5]]), T([[1.5, 1, -6, 0.5]])]
@@ -47,32 +48,32 @@ def test_ties_by_hand():
     # trimmed to 2 of 4: [4,0,0,-3], [0,3,0,5], [1.5,0,-6,0]
     # equal weights: sums [5.5,3,-6,2] elect [+,+,-,+]; agreeing means [(4+1.5)/2, 3, -6, 5]
     base = torch.zeros(1, 4)
-    merged = MERGES["ties"](base, TIES_DELTAS, [1.0, 1.0, 1.0], density=0.5)
+    merged = MERGE.get("ties")(base, TIES_DELTAS, [1.0, 1.0, 1.0], density=0.5)
     assert torch.equal(merged, T([[2.75, 3, -6, 5]]))
     # weights [3,1,1]: last entry's mass -9 + 5 elects -, so only the first model (-9 / 3) counts;
     # first entry (12 + 1.5) / (3 + 1)
-    merged = MERGES["ties"](base, TIES_DELTAS, [3.0, 1.0, 1.0], density=0.5, scale=2.0)
+    merged = MERGE.get("ties")(base, TIES_DELTAS, [3.0, 1.0, 1.0], density=0.5, scale=2.0)
     assert torch.equal(merged, 2 * T([[3.375, 3, -6, -3]]))
 
 
 def test_ties_does_not_depend_on_model_order():
     base = torch.full((1, 4), 0.5)
     models = [base + delta for delta in TIES_DELTAS]
-    forward = MERGES["ties"](base, models, [3.0, 1.0, 2.0], density=0.5)
-    backward = MERGES["ties"](base, models[::-1], [2.0, 1.0, 3.0], density=0.5)
+    forward = MERGE.get("ties")(base, models, [3.0, 1.0, 2.0], density=0.5)
+    backward = MERGE.get("ties")(base, models[::-1], [2.0, 1.0, 3.0], density=0.5)
     assert torch.equal(forward, backward)
 
 
 def test_dare_without_drop_is_task_arithmetic():
     base = T([[1.0, 2, 3], [4, 5, 6]])
     models = [base + T([[1.0, 0, -1], [2, 0, 0]]), base + T([[0.0, 1, 1], [-2, 0, 3]])]
-    merged = MERGES["dare"](base, models, [1.0, 0.5], name="w", drop=0.0, scale=2.0)
+    merged = MERGE.get("dare")(base, models, [1.0, 0.5], name="w", drop=0.0, scale=2.0)
     assert torch.equal(merged, T([[3.0, 3, 2], [6, 5, 9]]))
 
 
 def test_dare_keeps_or_rescales_each_entry():
     base, delta = torch.zeros(1, 200), torch.full((1, 200), 3.0)
-    merged = MERGES["dare"](base, [delta], [1.0], name="w", drop=0.75, seed=1)
+    merged = MERGE.get("dare")(base, [delta], [1.0], name="w", drop=0.75, seed=1)
     # each entry is dropped (0) or kept and rescaled by 1 / (1 - 0.75)
     assert set(merged.flatten().tolist()) == {0.0, 12.0}
 
@@ -81,7 +82,7 @@ def test_dare_is_seeded_per_tensor_name():
     base, model = torch.zeros(64, 64), torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
 
     def run(name, seed):
-        return MERGES["dare"](base, [model], [1.0], name=name, drop=0.5, seed=seed)
+        return MERGE.get("dare")(base, [model], [1.0], name=name, drop=0.5, seed=seed)
     first_a, first_b = run("a", 7), run("b", 7)
     # b merged before a gives the same tensors: the mask depends on the name, not on call order
     assert torch.equal(run("b", 7), first_b) and torch.equal(run("a", 7), first_a)
@@ -91,7 +92,7 @@ def test_dare_is_seeded_per_tensor_name():
 
 def test_dare_preserves_the_expected_update():
     base, model = torch.zeros(1000, 1000), torch.ones(1000, 1000)
-    merged = MERGES["dare"](base, [model], [1.0], name="big", drop=0.9, seed=3)
+    merged = MERGE.get("dare")(base, [model], [1.0], name="big", drop=0.9, seed=3)
     # kept fraction ~ 0.1 (std 0.0003); mean ~ 1 (std sqrt(0.9 / 0.1) / 1000 = 0.003)
     assert (merged != 0).float().mean().item() == pytest.approx(0.1, abs=0.003)
     assert merged.mean().item() == pytest.approx(1.0, abs=0.02)
@@ -102,9 +103,9 @@ def test_breadcrumbs_drops_largest_and_smallest_by_hand():
     first = T([[-1.0, 2, -3, 4, 5, -6, 7, 8, -9, 10]])
     second = T([[10.0, -9, 8, -7, 6, 5, -4, 3, 2, -1]])
     # beta 0.1 drops the 1 largest (|10|), gamma 0.3 the 3 smallest (|1|,|2|,|3|) of each
-    merged = MERGES["breadcrumbs"](base, [first], [2.0], beta=0.1, gamma=0.3)
+    merged = MERGE.get("breadcrumbs")(base, [first], [2.0], beta=0.1, gamma=0.3)
     assert torch.equal(merged, 2 * T([[0.0, 0, 0, 4, 5, -6, 7, 8, -9, 0]]))
-    merged = MERGES["breadcrumbs"](base, [first, second], [1.0, 1.0], beta=0.1, gamma=0.3)
+    merged = MERGE.get("breadcrumbs")(base, [first, second], [1.0, 1.0], beta=0.1, gamma=0.3)
     # second keeps [0,-9,8,-7,6,5,-4,0,0,0]
     assert torch.equal(merged, T([[0.0, -9, 8, -3, 11, -1, 3, 8, -9, 0]]))
 
@@ -113,7 +114,7 @@ def test_lines_scales_by_depth_by_hand():
     base, model = T([[1.0, 1]]), T([[3.0, -3]])  # task vector [2, -4]
 
     def lines(name):
-        return MERGES["lines"](base, [model], [1.0], name=name, num_layers=3, alpha=0.2, beta=0.6)
+        return MERGE.get("lines")(base, [model], [1.0], name=name, num_layers=3, alpha=0.2, beta=0.6)
     # layer l of 3: 0.2 + 0.6 * l / 2 -> 0.2, 0.5, 0.8; outside the layers: alpha
     assert torch.allclose(lines("model.layers.0.mlp.up_proj.weight"), T([[1.4, 0.2]]))
     assert torch.allclose(lines("model.layers.1.mlp.up_proj.weight"), T([[2.0, -1.0]]))
@@ -135,7 +136,7 @@ def test_merge_keeps_the_base_dtype():
 
 def test_mismatched_shapes_fail_clearly():
     with pytest.raises(ValueError, match="does not match"):
-        MERGES["task_arithmetic"](torch.zeros(2, 3), [torch.zeros(3, 2)], [1.0])
+        MERGE.get("task_arithmetic")(torch.zeros(2, 3), [torch.zeros(3, 2)], [1.0])
 
 
 # --- streaming merges of model directories ---------------------------------------------------------

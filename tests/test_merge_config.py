@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from test_merge import perturbed
 
 from protege.config import ConfigError
-from protege.merge import MERGES
 from protege.merge.config import MergeError, load_plan, merge_from_yaml
 from protege.models.tiny import build_tiny
+from protege.registry import MERGE
 
 T = torch.tensor
 
@@ -223,18 +223,18 @@ def test_ties_density_per_model_by_hand():
     base = torch.zeros(1, 4)
     first, second = T([[4.0, -1, 2, -3]]), T([[-2.0, 3, -1, 5]])
     # first keeps 1 of 4 ([4,0,0,0]), second 3 of 4 ([-2,3,0,5]); signs elected [+,+,0->+,+]
-    merged = MERGES["ties"](base, [first, second], [1.0, 1.0], density=[0.25, 0.75])
+    merged = MERGE.get("ties")(base, [first, second], [1.0, 1.0], density=[0.25, 0.75])
     assert torch.equal(merged, T([[4.0, 3, 0, 5]]))
     # a density above 0 keeps at least one entry (int(0.1 * 4) = 0), as mergekit does
-    assert torch.equal(MERGES["ties"](base, [first], [1.0], density=0.1), T([[4.0, 0, 0, 0]]))
+    assert torch.equal(MERGE.get("ties")(base, [first], [1.0], density=0.1), T([[4.0, 0, 0, 0]]))
 
 
 def test_dare_drop_per_model():
     base, model = torch.zeros(1, 400), torch.ones(1, 400)
-    merged = MERGES["dare"](base, [model, model], [1.0, 0.0], name="w", drop=[0.0, 0.99])
+    merged = MERGE.get("dare")(base, [model, model], [1.0, 0.0], name="w", drop=[0.0, 0.99])
     # the first model drops nothing, the second (weight 0) contributes nothing
     assert torch.equal(merged, model)
-    merged = MERGES["dare"](base, [model, model], [0.0, 1.0], name="w", drop=[0.0, 0.5])
+    merged = MERGE.get("dare")(base, [model, model], [0.0, 1.0], name="w", drop=[0.0, 0.5])
     assert set(merged.flatten().tolist()) == {0.0, 2.0}
 
 
@@ -242,11 +242,11 @@ def test_breadcrumbs_counts_from_density_as_mergekit():
     base = torch.zeros(1, 10)
     delta = T([[-1.0, 2, -3, 4, 5, -6, 7, 8, -9, 10]])
     # density 0.5 keeps 5, beta 0.2 drops the 2 largest (|10|, |9|): the bottom drop is the 3 left
-    merged = MERGES["breadcrumbs"](base, [delta], [1.0], beta=0.2, density=0.5)
+    merged = MERGE.get("breadcrumbs")(base, [delta], [1.0], beta=0.2, density=0.5)
     assert torch.equal(merged, T([[0.0, 0, 0, 4, 5, -6, 7, 8, 0, 0]]))
     # keep 8 with 4 outliers cannot both hold: mergekit keeps the 8 smallest
-    merged = MERGES["breadcrumbs"](base, [delta], [1.0], beta=0.4, density=0.8)
+    merged = MERGE.get("breadcrumbs")(base, [delta], [1.0], beta=0.4, density=0.8)
     assert torch.equal(merged, T([[-1.0, 2, -3, 4, 5, -6, 7, 8, 0, 0]]))
     # per model: the second model drops no outliers and keeps all
-    merged = MERGES["breadcrumbs"](base, [delta, delta], [1.0, 1.0], beta=[0.2, 0.0], density=[0.5, 1.0])
+    merged = MERGE.get("breadcrumbs")(base, [delta, delta], [1.0, 1.0], beta=[0.2, 0.0], density=[0.5, 1.0])
     assert torch.equal(merged, T([[-1.0, 2, -3, 8, 10, -12, 14, 16, -9, 10]]))

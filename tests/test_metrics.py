@@ -5,7 +5,8 @@ import time
 import pytest
 
 from protege.config import EvalConfig, Example, MetricConfig
-from protege.evaluate.metrics import METRICS, code_exec, score
+from protege.evaluate.metrics import code_exec, score
+from protege.registry import METRIC
 from protege.evaluate.metrics.code_exec import extract_code
 from protege.evaluate.metrics.exact import normalize
 from protege.evaluate.metrics.numeric import last_number
@@ -13,11 +14,11 @@ from protege.evaluate.task_eval import evaluate_model, score_predictions
 
 
 def cfg(name: str, **options) -> MetricConfig:
-    return MetricConfig(name=name, **options)
+    return METRIC.make(name, **options)
 
 
 def test_every_metric_is_registered_by_name():
-    assert set(METRICS) == {"exact", "numeric", "json", "regex", "rouge-l", "code"}
+    assert set(METRIC.names()) == {"exact", "numeric", "json", "regex", "rouge-l", "code"}
 
 
 # exact
@@ -277,8 +278,8 @@ def test_score_predictions_rejects_a_length_mismatch():
 
 
 def test_evaluate_model_samples_with_seeds_0_to_n(tmp_path):
-    from protege.evaluate.generate import generate
-    from protege.evaluate.task_eval import task_chat
+    from protege.models.generate import generate
+    from protege.records import task_chat
     from protege.models import load_model
     from protege.models.tiny import build_tiny
     model, tokenizer = load_model(build_tiny(tmp_path / "tiny", seed=0), "cpu")

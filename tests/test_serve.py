@@ -15,13 +15,12 @@ import openai
 import pytest
 import uvicorn
 
-from protege.config import TeacherConfig
 from protege.models.tiny import build_tiny
 from protege.serve import build_app
 from protege.serve.app import apply_stop
 from protege.serve.batching import cut_at_stop
 from protege.teachers.base import TeacherRequest
-from protege.teachers.openai_api import OpenAITeacher
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
 
 KEY = "test-key"
 MAX_TOKENS = 64
@@ -155,7 +154,7 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(server):
 
 def test_serves_as_protege_teacher(server, monkeypatch):
     monkeypatch.setenv("PROTEGE_SERVE_TEST_KEY", KEY)
-    cfg = TeacherConfig(kind="openai", base_url=server[1], model=NAME, api_key_env="PROTEGE_SERVE_TEST_KEY",
+    cfg = OpenAITeacherConfig(base_url=server[1], model=NAME, api_key_env="PROTEGE_SERVE_TEST_KEY",
                         max_tokens=16, max_retries=0)
     requests = [TeacherRequest("answer", "Reverse the word.", input=w) for w in ("cat", "horse")]
     replies = OpenAITeacher(cfg).complete(requests)

@@ -8,26 +8,28 @@ from collections import Counter
 import pytest
 
 from openai_stub import StubServer
-from protege.config import (ConfigError, MetricConfig, SynthConfig, TeacherConfig, load_task, parse_spec)
-from protege.evaluate.task_eval import task_chat
+from protege.config import ConfigError, SynthConfig, load_task, parse_spec
+from protege.evaluate.metrics import as_metric
+from protege.records import task_chat
 from protege.models import load_model, model_dir
 from protege.runs import Run, read_json, read_jsonl
 from protege.synth.ensemble import agreement, consensus
-from protege.synth.evolve import failed_answer, failed_rewrite
-from protege.synth.failures import inputs_like_failures
+from protege.synth.evol_instruct import failed_answer, failed_rewrite
+from protege.synth.llm2llm import inputs_like_failures
 from protege.synth.magpie import pre_query, write_user_turns
-from protege.synth.records import record_answer, record_input, sft_record
+from protege.records import record_answer, record_input, sft_record
 from protege.synth.refusal import R_TUNING_QUESTION
-from protege.synth.registry import METHODS, SynthContext, run_methods
+from protege.registry import SYNTH
+from protege.synth.registry import SynthContext, run_methods
 from protege.synth.rejection import verified
 from protege.teachers import CachedTeacher, TeacherCache, TeacherRequest
 from protege.teachers.base import EVOLUTIONS
-from protege.teachers.openai_api import OpenAITeacher
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
 
 INSTRUCTION = "Add the numbers. Reply with the sum only."
 SEEDS = ["1+2", "2+3", "3+4", "4+5"]
 TEST_INPUTS = ["50+50", "60+60"]
-NUMERIC = MetricConfig(name="numeric")
+NUMERIC = as_metric("numeric")
 
 
 def total(text):
@@ -43,7 +45,7 @@ def is_answer(messages):
 
 
 def teacher_for(server, tmp_path, concurrency=8):
-    cfg = TeacherConfig(kind="openai", base_url=server.base_url, model="m", max_retries=0,
+    cfg = OpenAITeacherConfig(base_url=server.base_url, model="m", max_retries=0,
                         concurrency=concurrency)
     return CachedTeacher(OpenAITeacher(cfg), TeacherCache(tmp_path / "teacher.sqlite"))
 
@@ -90,14 +92,15 @@ def test_methods_are_steps_by_name_with_defaults_and_descriptions():
     assert (magpie.name, magpie.n, rejection.name, rejection.cap, rejection.samples) == \
         ("magpie", 50, "rejection", 3, 4)
     assert SynthConfig().methods == []
-    assert {m.name for m in SynthConfig(methods=list(METHODS)).methods} == set(METHODS)
-    for chosen in SynthConfig(methods=list(METHODS)).methods:
+    assert {m.name for m in SynthConfig(methods=SYNTH.names()).methods} == set(SYNTH.names())
+    for chosen in SynthConfig(methods=SYNTH.names()).methods:
         for name, info in type(chosen).model_fields.items():
             assert info.description and not info.is_required(), (chosen.name, name)
     with pytest.raises(ConfigError, match=r"task.yaml:5: field 'synth.methods.1'"):
         parse_spec("test: [{input: a, output: b}]\nsynth:\n  methods:\n    - magpie\n    - {name: nope}\n",
                    "task.yaml")
-    with pytest.raises(ConfigError, match=r"task.yaml:4: field 'synth.methods.0.rejection.cap'"):
+    # the field as the YAML spells it: the method's name (pydantic's union tag) is no key of the file
+    with pytest.raises(ConfigError, match=r"task.yaml:4: field 'synth.methods.0.cap'"):
         parse_spec("test: [{input: a, output: b}]\nsynth:\n  methods:\n    - {name: rejection, cap: 0}\n",
                    "task.yaml")
 
@@ -155,7 +158,7 @@ def test_ensemble_keeps_inputs_two_of_three_teachers_agree_on(tmp_path):
         return reply
 
     with StubServer(replier("a")) as a, StubServer(replier("b")) as b, StubServer(replier("c")) as c:
-        others = [TeacherConfig(kind="openai", base_url=s.base_url, model=f"{name}-{tmp_path.name}", max_retries=0)
+        others = [OpenAITeacherConfig(base_url=s.base_url, model=f"{name}-{tmp_path.name}", max_retries=0)
                   for name, s in (("b", b), ("c", c))]
         ctx = context(teacher_for(a, tmp_path, concurrency=1), tmp_path)
         records = run_methods(seed_records(), [step("self-instruct", n=4, ensemble=others)], ctx)

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from openai_stub import FAULTS, StubServer, seeded_faults
-from protege.config import TeacherConfig, load_task
+from protege.config import load_task
 from protege.runs import Run, read_json
 from protege.synth.label import label_inputs
 from protege.teachers import CachedTeacher, TeacherCache, TeacherError, TeacherRequest, affordable, build_teacher
 from protege.teachers.base import cache_key
-from protege.teachers.local import batches
-from protege.teachers.openai_api import OpenAITeacher, Unusable, backoff_delay, reply_text, retry_after
+from protege.teachers.local import LocalTeacherConfig, batches
+from protege.teachers.openai_api import (OpenAITeacher, OpenAITeacherConfig, Unusable, backoff_delay, reply_text,
+                                         retry_after)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -35,7 +36,7 @@ def ask(texts):
 
 def openai_cfg(server, **kw):
     fast = {"retry_base_delay": 0.01, "retry_max_delay": 0.05, "timeout": 5.0}
-    return TeacherConfig(kind="openai", base_url=server.base_url, model="m", **{**fast, **kw})
+    return OpenAITeacherConfig(base_url=server.base_url, model="m", **{**fast, **kw})
 
 
 # --- pure functions, against numbers worked out by hand
@@ -121,7 +122,7 @@ def test_every_request_failing_every_try_is_one_clear_error():
 
 
 def test_a_dead_endpoint_fails_after_one_round_not_after_every_request():
-    cfg = TeacherConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m", concurrency=4, max_retries=1,
+    cfg = OpenAITeacherConfig(base_url="http://127.0.0.1:9/v1", model="m", concurrency=4, max_retries=1,
                         retry_base_delay=0.01, timeout=2)
     start = time.perf_counter()
     with pytest.raises(TeacherError, match="127.0.0.1:9.*4 of them"):
@@ -203,10 +204,9 @@ def test_a_token_allowance_stops_sending_once_the_next_request_would_not_fit(tmp
 
 KILLED_RUN = """
 import sys
-from protege.config import TeacherConfig
 from protege.teachers import CachedTeacher, TeacherCache, TeacherRequest
-from protege.teachers.openai_api import OpenAITeacher
-cfg = TeacherConfig(kind="openai", base_url=sys.argv[1], model="m", concurrency=4)
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
+cfg = OpenAITeacherConfig(base_url=sys.argv[1], model="m", concurrency=4)
 requests = [TeacherRequest("answer", "Shout it.", input=f"item {i}") for i in range(200)]
 CachedTeacher(OpenAITeacher(cfg), TeacherCache(sys.argv[2])).complete(requests)
 """
@@ -271,12 +271,12 @@ def test_a_stage_records_its_tokens_and_the_budget_charges_them(tmp_path, exampl
 # --- the local teacher
 
 def test_local_teacher_generates_in_batches_and_loads_only_on_a_miss(tmp_path):
-    from protege.evaluate.generate import chat_prompts, generate
+    from protege.models.generate import chat_prompts, generate
     from protege.models.tiny import build_tiny
 
     model = tmp_path / "tiny"
     build_tiny(model, 0)
-    cfg = TeacherConfig(kind="local", model=str(model), max_tokens=6, batch_size=2, device="cpu")
+    cfg = LocalTeacherConfig(model=str(model), max_tokens=6, batch_size=2, device="cpu")
     teacher = build_teacher(cfg, tmp_path)
     assert teacher.identity().startswith("local:") and not teacher.uses_vllm()  # no GPU here
     # sampled: the tiny random model's greedy replies are empty (and would be dropped)

@@ -1,10 +1,9 @@
 import pytest
 
 from openai_stub import StubServer
-from protege.config import TeacherConfig
 from protege.teachers import CachedTeacher, TeacherCache, TeacherError, TeacherRequest
 from protege.teachers.function import FunctionTeacher
-from protege.teachers.openai_api import OpenAITeacher
+from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
 
 
 def shout(messages):
@@ -17,27 +16,27 @@ def ask(texts):
 
 def test_openai_teacher_answers_over_http(tmp_path):
     with StubServer(shout) as server:
-        teacher = OpenAITeacher(TeacherConfig(kind="openai", base_url=server.base_url, model="m", concurrency=4))
+        teacher = OpenAITeacher(OpenAITeacherConfig(base_url=server.base_url, model="m", concurrency=4))
         assert teacher.complete(ask(["a", "b", "c"])) == ["A", "B", "C"]
         assert server.requests == 3
 
 
 def test_openai_teacher_retries_server_errors(tmp_path):
     with StubServer(shout, fail_every=2) as server:
-        cfg = TeacherConfig(kind="openai", base_url=server.base_url, model="m", concurrency=1, max_retries=3)
+        cfg = OpenAITeacherConfig(base_url=server.base_url, model="m", concurrency=1, max_retries=3)
         assert OpenAITeacher(cfg).complete(ask(["x", "y", "z"])) == ["X", "Y", "Z"]
         assert server.requests == 5  # requests 2 and 4 failed and were retried
 
 
 def test_dead_endpoint_is_one_clear_error():
-    cfg = TeacherConfig(kind="openai", base_url="http://127.0.0.1:9/v1", model="m", max_retries=0, timeout=2)
+    cfg = OpenAITeacherConfig(base_url="http://127.0.0.1:9/v1", model="m", max_retries=0, timeout=2)
     with pytest.raises(TeacherError, match="127.0.0.1:9"):
         OpenAITeacher(cfg).complete(ask(["x"]))
 
 
 def test_cache_pays_each_request_once(tmp_path):
     with StubServer(shout) as server:
-        backend = OpenAITeacher(TeacherConfig(kind="openai", base_url=server.base_url, model="m"))
+        backend = OpenAITeacher(OpenAITeacherConfig(base_url=server.base_url, model="m"))
         first = CachedTeacher(backend, TeacherCache(tmp_path / "c.sqlite"))
         assert first.complete(ask(["a", "b"])) == ["A", "B"]
         again = CachedTeacher(backend, TeacherCache(tmp_path / "c.sqlite"))  # a new process, same file

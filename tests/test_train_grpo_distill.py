@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from protege.config import TrainConfig
 from protege.models import model_dir
-from protege.synth.records import sft_record
+from protege.records import sft_record
 from protege.train.adapters import group_name
 from protege.train.distill import check_same_tokenizer, train_distill
 from protege.train.grpo import prompt_and_reference, train_grpo
@@ -67,7 +67,8 @@ def test_prompt_is_everything_before_the_last_assistant_turn():
 
 def test_grpo_lora_trains_adapter_from_the_reward_and_leaves_base_alone(tmp_path):
     calls = []
-    cfg = TrainConfig(max_steps=2, batch_size=2, grpo_generations=2, grpo_max_completion=8, report_to=["none"])
+    cfg = TrainConfig(max_steps=2, batch_size=2, method={"name": "grpo", "generations": 2, "max_completion": 8},
+                      report_to=["none"])
     log = train_grpo(model_dir("tiny:0"), records(), cfg, tmp_path, reward=spread_reward(calls))
     assert_trained(tmp_path, "lora")
     # 2 steps x 2 prompts x 2 completions, each scored with the record's own input and reference
@@ -80,7 +81,8 @@ def test_grpo_lora_trains_adapter_from_the_reward_and_leaves_base_alone(tmp_path
 
 
 def test_grpo_hft_changes_only_the_trainable_half(tmp_path):
-    cfg = TrainConfig(adapter="hft", max_steps=2, batch_size=2, grpo_generations=2, grpo_max_completion=8,
+    cfg = TrainConfig(adapter="hft", max_steps=2, batch_size=2, method={"name": "grpo", "generations": 2,
+                                                                         "max_completion": 8},
                       learning_rate=1e-3, report_to=["none"])
     train_grpo(model_dir("tiny:0"), records(), cfg, tmp_path, reward=spread_reward([]))
     assert_trained(tmp_path, "hft")
@@ -108,12 +110,12 @@ def count_generations(monkeypatch):
 @pytest.mark.parametrize("loss, adapter, lmbda, beta, on_policy_steps", [
     ("forward-kl", "lora", 0.0, 0.0, 0),    # teacher-forced on the records' answers
     ("reverse-kl", "full", 1.0, 1.0, 3),    # every batch sampled by the student
-    ("gkd", "hft", 1.0, 0.25, 3),           # distill_lambda=1: on-policy, beta from the config
+    ("gkd", "hft", 1.0, 0.25, 3),           # lmbda=1: on-policy, beta from the options
 ])
 def test_logit_distillation_maps_the_loss_onto_gkd(tmp_path, monkeypatch, loss, adapter, lmbda, beta, on_policy_steps):
     generations = count_generations(monkeypatch)
-    cfg = TrainConfig(adapter=adapter, max_steps=3, batch_size=2, distill_teacher="tiny:1", distill_loss=loss,
-                      distill_lambda=1.0, distill_beta=0.25, report_to=["none"])
+    cfg = TrainConfig(adapter=adapter, max_steps=3, batch_size=2, report_to=["none"],
+                      method={"name": "distill", "teacher": "tiny:1", "loss": loss, "lmbda": 1.0, "beta": 0.25})
     log = train_distill(model_dir("tiny:0"), records(), cfg, tmp_path)
     assert (log["method"], log["lmbda"], log["beta"]) == ("distill", lmbda, beta)
     assert len(generations) == on_policy_steps
@@ -124,8 +126,8 @@ def test_logit_distillation_maps_the_loss_onto_gkd(tmp_path, monkeypatch, loss, 
 
 def test_gkd_mixes_teacher_forced_and_on_policy_batches(tmp_path, monkeypatch):
     generations = count_generations(monkeypatch)
-    cfg = TrainConfig(adapter="full", max_steps=4, batch_size=1, distill_teacher="tiny:1", distill_loss="gkd",
-                      distill_lambda=0.5, report_to=["none"])
+    cfg = TrainConfig(adapter="full", max_steps=4, batch_size=1, report_to=["none"],
+                      method={"name": "distill", "teacher": "tiny:1", "loss": "gkd", "lmbda": 0.5})
     log = train_distill(model_dir("tiny:0"), records(), cfg, tmp_path)
     assert (log["lmbda"], log["beta"]) == (0.5, 0.5)
     assert 0 < len(generations) < 4  # seeded: some batches of each kind
@@ -146,7 +148,8 @@ def test_teacher_with_another_token_order_is_refused(tmp_path):
     (teacher / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(ValueError, match="does not share the student's tokenizer"):
         check_same_tokenizer(model_dir("tiny:0"), teacher)
-    cfg = TrainConfig(max_steps=1, batch_size=2, distill_teacher=str(teacher), report_to=["none"])
+    cfg = TrainConfig(max_steps=1, batch_size=2, method={"name": "distill", "teacher": str(teacher)},
+                      report_to=["none"])
     with pytest.raises(ValueError, match="sequence-level distillation"):
         train_distill(model_dir("tiny:0"), records(), cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before anything was trained or written

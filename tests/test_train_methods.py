@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from protege.config import TrainConfig
 from protege.models import model_dir
 from protege.runs import write_jsonl
-from protege.synth.records import sft_record
+from protege.records import sft_record
 from protege.train import train_method
 from protege.train.adapters import group_name, hft_selection
 from protege.train.common import TrainingDiverged, last_complete_checkpoint
@@ -75,7 +75,8 @@ def test_masked_thought_masks_only_answer_inputs_at_the_ratio():
 
 
 def test_masked_thought_trains_and_logs_its_ratio(tmp_path):
-    log = train_method("masked-thought", TINY, records(), quiet(max_steps=3, batch_size=4, mask_ratio=0.5),
+    log = train_method("masked-thought", TINY, records(), quiet(max_steps=3, batch_size=4,
+                                                                     method={"name": "masked-thought", "ratio": 0.5}),
                        tmp_path)
     saved = json.loads((tmp_path / "train_log.json").read_text())
     assert saved["method"] == "masked-thought" and saved["mask_ratio"] == 0.5
@@ -110,7 +111,7 @@ def test_hft_keeps_exactly_the_frozen_half_bit_identical(tmp_path, method):
 
 
 def test_rslora_scales_by_the_square_root_of_the_rank(tmp_path):
-    train_method("sft", TINY, records(), quiet(max_steps=1, batch_size=4, rslora=True, lora_r=4), tmp_path)
+    train_method("sft", TINY, records(), quiet(max_steps=1, batch_size=4, adapter={"rslora": True, "r": 4}), tmp_path)
     config = json.loads((tmp_path / "model" / "adapter_config.json").read_text())
     assert config["use_rslora"] is True and config["r"] == 4
 

@@ -1,13 +1,21 @@
-"""The task spec: one YAML file, validated by pydantic, errors that name file, line and field."""
+"""The task spec: one YAML file, validated by pydantic, errors that name file, line and field.
+
+Each method's options (a synthesis method, a curation step, a metric, a teacher kind, ...) live in the
+method's own file and are registered there (protege.registry); `bind_registries` builds the unions of
+those options into the models below once every method has registered."""
 
 from __future__ import annotations
 
-import re
+import json
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, RootModel, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+
+from .registry import ADAPTER, CURATE, MERGE, METRIC, REGISTRIES, SYNTH, TEACHER, TRAIN, Registry, tag_names
 
 
 class ConfigError(Exception):
@@ -26,154 +34,19 @@ class Example(Strict):
 
 
 class TeacherConfig(Strict):
-    kind: Literal["function", "openai", "local", "self"] = Field(
-        "function", description="function: a Python callable; openai: any OpenAI-compatible endpoint; "
-        "local: a Hugging Face model run in this process (vLLM where installed and a GPU is there); "
-        "self: the student samples answers and a verifier keeps those that pass.")
-    function: str = Field("", description="module:attr of the teacher callable (kind=function); "
-                          "modules are looked up in the task directory first.")
-    base_url: str = Field("", description="Endpoint of an OpenAI-compatible server (kind=openai).")
-    model: str = Field("", description="kind=openai: the model name sent to the endpoint; kind=local: "
-                       "embedded:NAME, tiny:SEED or a local Hugging Face model directory.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    """What every teacher kind reads; each kind's own options are in its file under teachers/
+    (`protege methods teacher`)."""
+
+    kind: str = Field("function", description="function: a Python callable; openai: any OpenAI-compatible "
+                      "endpoint; local: a Hugging Face model run in this process; self: the student samples "
+                      "answers and a verifier keeps those that pass.")
     temperature: float = Field(0.0, description="Sampling temperature for answers.")
     max_tokens: int = Field(512, gt=0, description="Largest reply the teacher may write.")
-    concurrency: int = Field(8, gt=0, description="Requests in flight at once (kind=openai).")
-    max_retries: int = Field(5, ge=0, description="Retries after a timeout, a lost connection, 429, 5xx or a "
-                             "malformed or empty reply (kind=openai); after the last one the request counts "
-                             "as failed (or dropped, when its replies were unusable) and gives no data.")
-    retry_base_delay: float = Field(0.5, ge=0, description="Seconds before the first retry; each further one "
-                                    "waits up to twice as long (randomly between half and all of that), up to "
-                                    "retry_max_delay. A 429 or 503 with Retry-After waits what it says.")
-    retry_max_delay: float = Field(8.0, ge=0, description="Longest backoff between two tries, in seconds.")
-    timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned (and retried).")
-    batch_size: int = Field(16, gt=0, description="Requests generated together by a local teacher "
-                            "(kind=local); each batch is cached as it finishes.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where a local teacher runs "
-                                                   "(kind=local); auto: a GPU when one is there.")
-    samples: int = Field(4, gt=0, description="Answers sampled per input by the self teacher.")
-    verifier: str = Field("", description="module:attr(input, answer) -> bool used by the self teacher; "
-                          "by default an answer is verified against the reference when there is one.")
 
 
 class StudentConfig(Strict):
     model: str = Field("embedded:smollm2-135m-instruct",
                        description="embedded:NAME, a local Hugging Face directory, or tiny:SEED for tests.")
-
-
-class SelfInstructStep(Strict):
-    name: Literal["self-instruct"] = Field("self-instruct", description="Seed expansion (Self-Instruct): the "
-                                           "teacher writes new inputs from k random examples, then answers them.")
-    n: int = Field(50, ge=0, description="New inputs asked for.")
-    seeds_per_prompt: int = Field(3, gt=0, description="k examples (seeds, unlabeled inputs and the inputs of "
-                                  "the data so far) shown per request, drawn at random.")
-    ensemble: list[TeacherConfig] = Field(default_factory=list, description="Ensemble-Instruct: more teachers "
-                                          "that answer every new input beside the task's teacher; an input is "
-                                          "kept only when min_agree answers agree. Empty: no ensemble.")
-    min_agree: int = Field(2, ge=1, description="Answers (the task teacher's included) that must agree for an "
-                           "input to be kept; the answer kept is the one most others agree with.")
-    agreement: Literal["metric", "rouge-l"] = Field(
-        "metric", description="When two answers agree: metric: each scores at least threshold against the "
-        "other by the task's metric; rouge-l: their ROUGE-L F1 is at least threshold.")
-    threshold: float = Field(0.7, gt=0, le=1, description="Agreement threshold (see agreement).")
-
-
-class EvolInstructStep(Strict):
-    name: Literal["evol-instruct"] = Field("evol-instruct", description="Evol-Instruct: the teacher rewrites "
-                                           "inputs deeper, more constrained or more varied, then answers them.")
-    n: int = Field(50, ge=0, description="Inputs evolved per generation, drawn at random from the data so far "
-                   "(the first generation) or from the previous generation's survivors.")
-    generations: int = Field(1, ge=1, description="Rounds of evolution; each rewrites the last one's survivors "
-                             "again (the paper runs 4).")
-    kinds: list[Literal["constraints", "deepen", "concretize", "reasoning", "breadth"]] = Field(
-        default_factory=lambda: ["constraints", "deepen", "concretize", "reasoning", "breadth"],
-        description="Rewrites drawn from, one at random per input: constraints (add a requirement), deepen "
-        "(ask more deeply), concretize (specific concepts), reasoning (more steps), breadth (a new, rarer input "
-        "of the same kind).")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the rewrites.")
-
-
-class MagpieStep(Strict):
-    name: Literal["magpie"] = Field("magpie", description="Magpie: a local model given only its chat template "
-                                    "up to the user turn writes user turns; they are then answered.")
-    n: int = Field(50, ge=0, description="User turns sampled (unfinished and repeated ones are dropped).")
-    model: str = Field("", description="Who writes the user turns: a local Hugging Face directory, "
-                       "embedded:NAME or tiny:SEED; empty: the base student.")
-    system: bool = Field(True, description="Put the task's instruction in the template as the system message, "
-                         "so the user turns are inputs to the task.")
-    answer_by: Literal["teacher", "writer"] = Field("teacher", description="teacher: the task's teacher answers "
-                                                    "each user turn; writer: the model that wrote it (as in the "
-                                                    "paper).")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the user turns.")
-    max_new_tokens: int = Field(128, gt=0, description="Longest user turn; one not finished by then is dropped.")
-
-
-class StudentSampledStep(Strict):
-    """Options every method that samples the base student on the data so far shares."""
-
-    items: int = Field(100, ge=0, description="Records of the data so far (those whose answer is a task answer) "
-                       "drawn at random to work on.")
-    samples: int = Field(4, ge=1, description="Answers sampled per input.")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature of those answers.")
-    verifier: str = Field("", description="module:attr(input, answer) -> bool that says an answer is right; "
-                          "empty: the task's metric against the record's answer scores 1.")
-
-
-class LLM2LLMStep(StudentSampledStep):
-    name: Literal["llm2llm"] = Field("llm2llm", description="LLM2LLM in round 0: the teacher writes new inputs "
-                                     "like the ones the base student gets wrong, then answers them.")
-    samples: int = Field(1, ge=1, description="Answers sampled per input; an input is a failure when any is wrong.")
-    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: one greedy answer).")
-    per_failure: int = Field(2, ge=1, description="New inputs the teacher writes per failure.")
-
-
-class CritiqueStep(StudentSampledStep):
-    name: Literal["critique"] = Field("critique", description="Critique data (CFT): the teacher critiques "
-                                      "candidate solutions, the student's and its own, ending with a verdict.")
-    samples: int = Field(2, ge=0, description="Student samples per input critiqued.")
-    teacher_samples: int = Field(1, ge=0, description="Teacher answers per input critiqued, sampled at "
-                                 "temperature.")
-    reference: bool = Field(True, description="Show the critic the record's answer as the reference.")
-
-
-class RejectionStep(StudentSampledStep):
-    name: Literal["rejection"] = Field("rejection", description="Rejection sampling (STaR, RFT): k sampled "
-                                       "answers per input, the verified ones kept.")
-    sampler: Literal["student", "teacher"] = Field("student", description="Who samples: the base student "
-                                                   "(self-improvement) or the task's teacher.")
-    cap: int = Field(1, ge=1, description="Distinct verified answers kept per input.")
-
-
-class PreferencePairsStep(StudentSampledStep):
-    name: Literal["preference-pairs"] = Field("preference-pairs", description="On-policy DPO pairs: chosen = "
-                                              "the reference or a verified answer, rejected = the base student's "
-                                              "own wrong answer; written to pairs.jsonl.")
-    chosen: Literal["reference", "verified"] = Field("reference", description="reference: the record's answer "
-                                                     "(the teacher's, or a seed's); verified: the student's own "
-                                                     "first right sample, else the reference.")
-
-
-class ReflectionStep(StudentSampledStep):
-    name: Literal["reflection"] = Field("reflection", description="Mistake and reflection (LEMMA): the "
-                                        "student's wrong solution, the teacher's reflection on it, the right "
-                                        "solution, as one answer.")
-
-
-class RefusalStep(StudentSampledStep):
-    name: Literal["refusal"] = Field("refusal", description="R-Tuning: inputs the base student cannot answer get "
-                                     "an uncertainty target in place of their answer.")
-    certain_share: float = Field(0.5, gt=0, le=1, description="Share of the samples that must be right for "
-                                 "the student to know the answer.")
-    style: Literal["refuse", "unsure"] = Field(
-        "refuse", description="refuse: the target is the refusal text; unsure: the paper's padding, the answer "
-        "then \"Are you sure you accurately answered the question based on your internal knowledge? I am "
-        "unsure.\" (\"I am sure.\" on the inputs it knows).")
-    refusal: str = Field("I am not sure I know the answer to this.", description="The target of style refuse.")
-
-
-SynthMethod = Annotated[Union[SelfInstructStep, EvolInstructStep, MagpieStep, LLM2LLMStep, CritiqueStep,
-                              RejectionStep, PreferencePairsStep, ReflectionStep, RefusalStep],
-                        Field(discriminator="name")]
 
 
 class SynthConfig(Strict):
@@ -187,105 +60,17 @@ class SynthConfig(Strict):
     mine_size: int = Field(200, ge=0, description="Training items the student is tested on to find failures.")
     methods: list[SynthMethod] = Field(default_factory=list, description="Synthesis methods run in order in "
                                        "round 0 after labeling and expansion: each a name or {name: ..., "
-                                       "options} (self-instruct, evol-instruct, magpie, llm2llm, critique, "
-                                       "rejection, preference-pairs, reflection, refusal). Empty: none.")
-
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _steps_by_name(cls, value):
-        if isinstance(value, list):
-            return [{"name": step} if isinstance(step, str) else step for step in value]
-        return value
+                                       "options}; `protege methods synth` lists them. Empty: none.")
 
 
-class DecontaminateStep(Strict):
-    name: Literal["decontaminate"] = Field("decontaminate", description="Drop examples that repeat a test or "
-                                           "dev input: exactly, by word n-grams, or (when set) by embedding.")
-    ngram: int = Field(8, gt=0, description="Words per n-gram compared with the test and dev inputs.")
-    ngram_overlap: float = Field(0.9, gt=0, le=1, description="Drop an example when this share of its n-grams "
-                                 "occurs in the test or dev inputs: the same text with a word or two changed. "
-                                 "Lower values flag inputs that merely share the task's template; inputs "
-                                 "shorter than ngram words are matched exactly only.")
-    embedding_threshold: float | None = Field(None, gt=0, le=1, description="Also drop an example whose input "
-                                              "embedding has at least this cosine similarity with a test or dev "
-                                              "input (0.85 suits free text). Empty: off; templated inputs (dates, "
-                                              "sums) are all close to each other.")
-
-
-class DedupStep(Strict):
-    name: Literal["dedup"] = Field("dedup", description="Drop exact and near-duplicate examples; the first wins.")
-    near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity of the inputs' character "
-                                  "shingles (found with MinHash LSH, confirmed exactly) at or above which an "
-                                  "example is a near-duplicate of an earlier one; 1: exact duplicates only.")
-    shingle: int = Field(5, gt=0, description="Characters per shingle of the normalized input.")
-    same_answer: bool = Field(True, description="A near-duplicate must also have the same answer: inputs that "
-                              "differ in one number and have different answers both teach something.")
-    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: fewer missed pairs, slower).")
-
-
-class DiversityStep(Strict):
-    name: Literal["diversity"] = Field("diversity", description="Keep a subset spread over k-means clusters of "
-                                       "the inputs' embeddings (Diversify and Conquer).")
-    keep: float = Field(0.5, gt=0, le=1, description="Share of the examples kept (when size is 0).")
-    size: int = Field(0, ge=0, description="Examples kept; 0: the keep share.")
-    clusters: int = Field(0, ge=0, description="k of k-means; 0: the square root of the number of examples.")
-    allocation: Literal["proportional", "balanced"] = Field(
-        "proportional", description="How many each cluster keeps: proportional to its size (the paper's kMQ), "
-        "or balanced (equal shares, so rare kinds of input weigh as much as common ones).")
-
-
-class QualityStep(Strict):
-    name: Literal["quality"] = Field("quality", description="A judge scores each teacher answer 1-10; "
-                                     "examples under min_score are dropped.")
-    min_score: int = Field(7, ge=1, le=10, description="Lowest judge score kept.")
-    rubric: str = Field("Is the answer correct, complete, and in the form the task asks for?",
-                        description="What the judge weighs.")
-
-
-class PerplexityStep(Strict):
-    name: Literal["perplexity"] = Field("perplexity", description="Drop the examples whose answer the base "
-                                        "student finds least likely (POINTS: low-perplexity data trains better).")
-    keep: float = Field(0.9, gt=0, le=1, description="Share of the examples kept, lowest perplexity first.")
-    max_perplexity: float | None = Field(None, gt=1, description="Also drop every answer above this perplexity; "
-                                         "empty: no cap.")
-
-
-class IFDStep(Strict):
-    name: Literal["ifd"] = Field("ifd", description="Instruction-Following Difficulty (Cherry LLM): perplexity "
-                                 "of the answer with its question over without; keep the hardest useful ones.")
-    max_ifd: float = Field(1.0, gt=0, description="Drop examples at or above this IFD: the question does not "
-                           "help predict the answer, so question and answer do not fit.")
-    keep: float = Field(1.0, gt=0, le=1, description="Then keep this share, highest IFD first (the paper: 0.05-0.1).")
-
-
-class CurriculumStep(Strict):
-    name: Literal["curriculum"] = Field("curriculum", description="Order the examples easy to hard; removes "
-                                        "nothing.")
-    by: Literal["perplexity", "ifd", "length"] = Field(
-        "perplexity", description="Difficulty: the base student's perplexity of the answer, its IFD, or the "
-        "length of input and answer in characters (no model needed).")
-
-
-class MixtureStep(Strict):
-    name: Literal["mixture"] = Field("mixture", description="Add general instructions (shipped with protege, "
-                                     "none from the forgetting probe) to limit forgetting.")
-    ratio: float = Field(0.1, gt=0, le=1, description="General examples added per task example (at most the "
-                         "whole pool of about 150).")
-    answer_by: Literal["student", "teacher"] = Field(
-        "student", description="student: the base student answers (self-replay: keeps its own general "
-        "behaviour, no teacher cost); teacher: the task's teacher answers (an LLM teacher only).")
-    max_new_tokens: int = Field(128, gt=0, description="Longest general answer the base student writes.")
-
-
-CurateStep = Annotated[Union[DecontaminateStep, DedupStep, DiversityStep, QualityStep, PerplexityStep, IFDStep,
-                             CurriculumStep, MixtureStep], Field(discriminator="name")]
 LEGACY_CURATE_ORDER = ("decontaminate", "dedup")
 
 
-class CurateConfig(RootModel[list[CurateStep]]):
-    root: list[CurateStep] = Field(default_factory=lambda: [DecontaminateStep(), DedupStep()],
+class CurateConfig(RootModel[list["CurateStep"]]):
+    root: list[CurateStep] = Field(default_factory=lambda: [CURATE.make(name) for name in LEGACY_CURATE_ORDER],
                                    description="Curation steps run in order: each a name or {name: ..., "
-                                   "options}; default decontaminate then dedup.")
+                                   "options}; default decontaminate then dedup; `protege methods curate` lists "
+                                   "them.")
 
     @model_validator(mode="before")
     @classmethod
@@ -296,60 +81,24 @@ class CurateConfig(RootModel[list[CurateStep]]):
             if unknown:
                 raise ValueError(f"expected a list of steps, got unknown key(s) {sorted(unknown)}")
             value = [name for name in LEGACY_CURATE_ORDER if value.get(name, True)]
-        if isinstance(value, list):
-            return [{"name": step} if isinstance(step, str) else step for step in value]
         return value
 
 
 class TrainConfig(Strict):
-    method: Literal["sft", "masked-thought", "cft", "dpo", "distill", "grpo"] = Field(
-        "sft", description="sft; masked-thought (SFT with reasoning tokens masked in the input); cft (learn to "
-        "write the teacher's critiques); dpo (on-policy pairs); distill (teacher logits); grpo (verifier reward).")
-    sft_first: bool = Field(True, description="dpo and grpo: train sft on the round's data first and start "
-                            "from that model, as the DPO and GRPO papers do.")
-    adapter: Literal["lora", "hft", "full"] = Field(
-        "lora", description="lora (peft); hft: Half Fine-Tuning, a seeded random half of each layer's "
-        "parameter groups frozen per round; full: every weight.")
+    method: TrainMethod = Field(default_factory=lambda: TRAIN.make("sft"), description="How the student learns: "
+                                "a name or {name: ..., options} (`protege methods train`).")
+    adapter: TrainAdapter = Field(default_factory=lambda: ADAPTER.make("lora"), description="What part of the "
+                                  "student trains: a name or {name: ..., options} (`protege methods adapter`).")
     epochs: float = Field(3.0, gt=0, description="Passes over the training data.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     learning_rate: float | None = Field(None, gt=0, description="Peak learning rate (linear decay); "
-                                        "empty: 1e-3 for lora, 2e-4 for hft, 5e-5 for full.")
+                                        "empty: the adapter's (1e-3 for lora, 2e-4 for hft, 5e-5 for full).")
     batch_size: int = Field(8, gt=0, description="Examples per optimizer step.")
     max_length: int = Field(512, gt=8, description="Tokens per example; longer ones are truncated.")
     packing: Literal["padding-free", "bfd", "none"] = Field(
         "padding-free", description="padding-free: a batch's examples are laid end to end in one row with "
         "restarting position ids (no padding, no attention across examples); bfd: TRL's best-fit packing into "
         "rows of max_length; none: padded, length-bucketed batches.")
-    lora_r: int = Field(16, gt=0, description="LoRA rank.")
-    lora_alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rslora).")
-    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch.")
-    lora_targets: str = Field("all-linear", description="Modules LoRA wraps (peft target_modules).")
-    rslora: bool = Field(False, description="Rank-stabilized LoRA: scale by alpha / sqrt(r).")
-    mask_ratio: float = Field(0.2, ge=0, lt=1, description="masked-thought: fraction of answer tokens replaced "
-                              "in the input (the targets stay).")
-    cft_ratio: float = Field(1.0, gt=0, le=1, description="cft: share of critique examples in the mix; "
-                             "the rest are plain SFT examples (1.0: critiques only).")
-    cft_candidates: int = Field(2, ge=1, description="cft: student samples per input to be critiqued, besides "
-                                "the teacher's answer.")
-    rl_learning_rate: float | None = Field(None, gt=0, description="dpo and grpo: peak learning rate; empty: "
-                                           "5e-5 for lora, 1e-6 for hft and full (preference and RL updates "
-                                           "move far at SFT rates).")
-    dpo_beta: float = Field(0.1, gt=0, description="dpo: strength of the pull toward the reference model.")
-    dpo_samples: int = Field(4, ge=1, description="dpo: student samples per input searched for a wrong answer.")
-    distill_teacher: str = Field("", description="distill: the teacher model (a directory or tiny:SEED) whose "
-                                 "logits are learned; it must share the student's tokenizer. Empty: "
-                                 "sequence-level distillation (SFT on the teacher's answers).")
-    distill_loss: Literal["forward-kl", "reverse-kl", "gkd"] = Field(
-        "forward-kl", description="distill: forward-kl (teacher-forced, mean-seeking), reverse-kl (on the "
-        "student's own samples, mode-seeking), gkd (generalized JSD on a mix of both).")
-    distill_lambda: float = Field(0.5, ge=0, le=1, description="distill gkd: share of batches generated by the "
-                                  "student (on-policy).")
-    distill_beta: float = Field(0.5, ge=0, le=1, description="distill gkd: interpolation of the generalized JSD.")
-    grpo_generations: int = Field(4, ge=2, description="grpo: completions sampled per prompt.")
-    grpo_max_completion: int = Field(96, ge=1, description="grpo: longest completion sampled.")
-    grpo_max_steps: int = Field(50, description="grpo: optimizer steps of the grpo stage (-1: train.epochs); "
-                                "each step samples batch_size x grpo_generations completions.")
-    grpo_beta: float = Field(0.0, ge=0, description="grpo: KL penalty to the reference (0: none, as in DAPO).")
     data_order: Literal["shuffled", "as-given"] = Field(
         "shuffled", description="as-given: batches follow the data file's order (a curriculum step sets it); "
         "shuffled: a seeded shuffle each epoch.")
@@ -360,38 +109,67 @@ class TrainConfig(Strict):
     seed: int = Field(0, description="Seed for data order, initialization and the HFT selection.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a GPU when one is there.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flat_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for slot, registry in (("method", TRAIN), ("adapter", ADAPTER)):
+            move_legacy_keys(data, slot, registry, info.context or {})
+        return data
 
-MetricName = Literal["exact", "numeric", "json", "regex", "rouge-l", "code"]
+
+def move_legacy_keys(data: dict, slot: str, registry: Registry, context: dict) -> None:
+    """The flat keys of the earlier train config (dpo_beta, lora_r, ...) as options of train.<slot>,
+    each with one line on stderr saying what to write instead."""
+    readers = legacy_readers(registry)
+    found = [key for key in data if key in readers]
+    chosen = registry.expand(data.get(slot, registry.default))
+    if not found or not isinstance(chosen, dict):
+        return  # nothing to move, or a slot validation will refuse anyway
+    data[slot] = chosen = dict(chosen)
+    for key in found:
+        note = move_legacy_key(key, data.pop(key), readers[key], chosen, slot, registry)
+        print(f"{legacy_where(context, key)}: {note}", file=sys.stderr)
+
+
+def move_legacy_key(key: str, value: Any, owners: list[str], chosen: dict, slot: str, registry: Registry) -> str:
+    """One flat key's value into the chosen method's options, when that method reads it (a key only
+    other methods read is dropped: it was ignored before too); returns the note for stderr."""
+    name = chosen.get("name") if chosen.get("name") in owners else owners[0]
+    option = registry.options(name).legacy[key]
+    instead = f"write train: {{{slot}: {{name: {name}, {option}: {json.dumps(value)}}}}}"
+    if name != chosen.get("name"):
+        return f"train.{key} is read by {' and '.join(owners)} only, not by {chosen.get('name')}: ignored; to set " \
+               f"it, {instead}"
+    chosen.setdefault(option, value)
+    return f"train.{key} is read as train.{slot}.{option}; {instead}"
+
+
+def legacy_readers(registry: Registry) -> dict[str, list[str]]:
+    """flat key -> the methods whose options read it."""
+    readers: dict[str, list[str]] = {}
+    for name in registry.names():
+        for key in getattr(registry.options(name), "legacy", {}):
+            readers.setdefault(key, []).append(name)
+    return readers
+
+
+def legacy_where(context: dict, key: str) -> str:
+    lines = context.get("lines", {})
+    if ("train", key) in lines:
+        return f"{context['where']}:{lines[('train', key)]}"
+    return f"--set train.{key}" if context else "train config"
 
 
 class MetricConfig(Strict):
-    name: MetricName = Field("exact", description="exact: normalized string match; numeric: the last number; "
-                             "json: field match of JSON objects; regex: the answer matches a pattern; rouge-l: "
-                             "ROUGE-L F1 against the reference; code: the answer's code passes the item's tests.")
-    ignore_case: bool = Field(True, description="exact: compare case-insensitively.")
-    ignore_punctuation: bool = Field(False, description="exact: drop punctuation before comparing.")
-    ignore_articles: bool = Field(False, description="exact: drop the articles a, an, the (SQuAD style).")
-    tolerance: float = Field(1e-6, ge=0, description="numeric: absolute tolerance.")
-    relative_tolerance: float = Field(0.0, ge=0, description="numeric: relative tolerance (either one passes).")
-    fields: list[str] = Field(default_factory=list, description="json: the fields compared (empty: every "
-                              "field of the reference); the item scores the share of fields that match.")
-    all_fields: bool = Field(False, description="json: score 1 only when every field matches (else the share).")
-    pattern: str = Field("", description="regex: the pattern the answer must match (re.search); {reference} "
-                         "in it is replaced by the escaped reference. Empty: the reference is the pattern.")
-    timeout: float = Field(5.0, gt=0, description="code: seconds one program may run.")
-    memory_mb: int = Field(512, gt=0, description="code: address-space limit of one program, in MiB.")
+    """What every metric reads; each metric's own options are in its file under evaluate/metrics/
+    (`protege methods metric`)."""
+
+    name: str = Field("exact", description="The metric.")
     k: list[int] = Field(default_factory=lambda: [1], description="Report pass@k for these k "
                          "(needs eval.samples >= k).")
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern_compiles(cls, value: str) -> str:
-        # a broken pattern must stop the run before training, not at the first evaluation
-        try:
-            re.compile(value.replace("{reference}", ""))
-        except re.error as exc:
-            raise ValueError(f"invalid pattern {value!r}: {exc}") from None
-        return value
 
 
 class EvalConfig(Strict):
@@ -410,7 +188,7 @@ class JudgeConfig(Strict):
     mode: Literal["none", "pointwise", "pairwise", "both"] = Field(
         "none", description="none; pointwise: the judge scores each answer 1-10 with the rubric; pairwise: "
         "student against teacher, asked in both orders, a win counted only when both orders agree; both.")
-    teacher: TeacherConfig | None = Field(None, description="Who judges; empty: the task's teacher.")
+    teacher: TeacherOptions | None = Field(None, description="Who judges; empty: the task's teacher.")
     rubric: str = Field("Correctness first, then completeness, then clarity and format as the task asks.",
                         description="What the judge weighs (pointwise and pairwise).")
     items: int = Field(0, ge=0, description="Test items judged (0: all).")
@@ -433,10 +211,25 @@ class MergeSweepConfig(Strict):
     strengths: list[float] = Field(default_factory=list, description="Merge the kept student back toward its "
                                    "base at each of these strengths (base + s * (student - base), 0 < s < 1) and "
                                    "keep the one best on dev inside forgetting.limit. Empty: no sweep.")
-    method: Literal["task_arithmetic", "lines", "dare", "ties", "breadcrumbs"] = Field(
-        "task_arithmetic", description="Merge method of the sweep; lines scales shallow layers down more.")
-    params: dict[str, int | float] = Field(default_factory=dict, description="The method's parameters (e.g. "
-                                     "lines: alpha, beta; dare: density, seed).")
+    method: str = Field("task_arithmetic", description="Merge method of the sweep (`protege methods merge`); "
+                        "lines scales shallow layers down more.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The method's parameters (e.g. lines: "
+                                   "alpha, beta; dare: drop, seed), checked against its options.")
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        MERGE.options(value)  # an unknown name raises, listing the known ones
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _read_by_method(cls, value: dict, info: ValidationInfo) -> dict:
+        # a ValidationError raised here keeps its own location under merge.params
+        if "method" not in info.data:
+            return value
+        options = MERGE.options(info.data["method"]).model_validate(value)
+        return options.model_dump(include=set(value))
 
     @field_validator("strengths")
     @classmethod
@@ -471,9 +264,10 @@ class TaskSpec(Strict):
                                     description="Unlabeled inputs, inline or a JSONL file of {input}.")
     test: list[Example] | str = Field(default_factory=list,
                                       description="Held-out test set, inline or a JSONL file of {input, output}.")
-    metric: MetricConfig = Field(default_factory=MetricConfig, description="How answers are scored: a name "
-                                 "(exact, numeric, json, regex, rouge-l, code) or a mapping with its options.")
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Who writes the data.")
+    metric: MetricOptions = Field(default_factory=lambda: METRIC.make("exact"), description="How answers are "
+                                  "scored: a name or a mapping with its options (`protege methods metric`).")
+    teacher: TeacherOptions = Field(default_factory=lambda: TEACHER.make("function"),
+                                    description="Who writes the data (`protege methods teacher`).")
     student: StudentConfig = Field(default_factory=StudentConfig, description="The model to train.")
     synth: SynthConfig = Field(default_factory=SynthConfig, description="How data is synthesized.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="How data is cleaned.")
@@ -487,11 +281,6 @@ class TaskSpec(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig, description="Files written for other tools.")
     rounds: int = Field(2, ge=1, description="Most train/evaluate/augment rounds.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Teacher budget.")
-
-    @field_validator("metric", mode="before")
-    @classmethod
-    def _metric_by_name(cls, value):
-        return {"name": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _needs_a_test_set(self) -> "TaskSpec":
@@ -524,31 +313,36 @@ def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
-def _line_of(lines: dict[tuple, int], loc: tuple) -> int:
+def line_of(lines: dict[tuple, int], loc: tuple) -> int:
     for n in range(len(loc), -1, -1):
         if loc[:n] in lines:
             return lines[loc[:n]]
     return 1
 
 
-def _user_loc(loc: tuple) -> tuple:
-    # pydantic puts the union branch ("list[Example]", "str") into loc; the user never wrote those
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int"})))
+def user_loc(loc: tuple) -> tuple:
+    """The location as the user wrote it. pydantic puts the union branch into loc: a type
+    ("list[Example]", "str") or, inside a method's options, the method's name (train.method.dpo.beta);
+    the user never wrote those. A name that ends the location is the user's own key (teacher.function)."""
+    tags = tag_names()
+    return tuple(p for i, p in enumerate(loc) if not (isinstance(p, str) and (
+        "[" in p or p in {"str", "int"} or (p in tags and i < len(loc) - 1))))
 
 
-def _field_name(loc: tuple) -> str:
-    return ".".join(str(p) for p in _user_loc(loc)) or "(document)"
+def field_name(loc: tuple) -> str:
+    return ".".join(str(p) for p in user_loc(loc)) or "(document)"
 
 
-def _first_error(exc: ValidationError, lines: dict[tuple, int], where: str) -> ConfigError:
+def first_error(exc: ValidationError, lines: dict[tuple, int], where: str) -> ConfigError:
     err = exc.errors()[0]
     message = err["msg"] if err["type"] != "extra_forbidden" else "unknown key"
-    return ConfigError(f"{where}:{_line_of(lines, _user_loc(err['loc']))}: field '{_field_name(err['loc'])}': "
+    return ConfigError(f"{where}:{line_of(lines, user_loc(err['loc']))}: field '{field_name(err['loc'])}': "
                        f"{message}")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """`a.b=value` pairs from the command line; the value is read as YAML (numbers, booleans)."""
+    """`a.b=value` pairs from the command line; the value is read as YAML (numbers, booleans). A
+    method given by name becomes {name: ...} when one of its options is set (train.method.beta)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: field '{item}': expected KEY=VALUE")
@@ -556,11 +350,28 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         node = data
         *parents, leaf = path.split(".")
         for part in parents:
+            if isinstance(node.get(part), str):
+                node[part] = {"name": node[part]}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item}: field '{path}': {part} is not a mapping")
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        before, node[leaf] = node.get(leaf), yaml.safe_load(raw) if raw else ""
+        if before not in (None, node[leaf]):
+            keep_own_options(node, leaf, item)
     return data
+
+
+def keep_own_options(node: dict, key: str, item: str) -> None:
+    """A method switched on the command line (teacher.kind=openai) keeps only the options it reads:
+    those of the method it replaces (teacher.function) go, with one line on stderr saying so."""
+    name = node[key]
+    fields = {field for registry in REGISTRIES.values() if registry.key == key and name in registry.names()
+              for field in registry.options(name).model_fields}
+    dropped = sorted(k for k in node if fields and k not in fields)
+    for k in dropped:
+        del node[k]
+    if dropped:
+        print(f"--set {item}: dropped {', '.join(dropped)}, which {name} does not read", file=sys.stderr)
 
 
 def read_yaml_mapping(text: str, where: str, expected: str) -> tuple[dict, dict[tuple, int]]:
@@ -582,9 +393,9 @@ def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSp
     data, lines = read_yaml_mapping(text, where, "task fields")
     data = apply_overrides(data, list(overrides))
     try:
-        return TaskSpec.model_validate(data), lines
+        return TaskSpec.model_validate(data, context={"where": where, "lines": lines}), lines
     except ValidationError as exc:
-        raise _first_error(exc, lines, where) from None
+        raise first_error(exc, lines, where) from None
 
 
 def _read_jsonl(path: Path, where: str, line: int, field: str) -> list[Any]:
@@ -601,19 +412,19 @@ def _examples(value, task: LoadedTask, lines, field: str) -> list[Example]:
     if not isinstance(value, str):
         return list(value)
     path = task.directory / value
-    rows = _read_jsonl(path, str(task.source), _line_of(lines, (field,)), field)
+    rows = _read_jsonl(path, str(task.source), line_of(lines, (field,)), field)
     try:
         return [Example.model_validate(r) for r in rows]
     except ValidationError as exc:
         raise ConfigError(f"{path}: field '{field}': {exc.errors()[0]['msg']} "
-                          f"({_field_name(exc.errors()[0]['loc'])})") from None
+                          f"({field_name(exc.errors()[0]['loc'])})") from None
 
 
 def _inputs(value, task: LoadedTask, lines) -> list[str]:
     if not isinstance(value, str):
         return list(value)
     path = task.directory / value
-    rows = _read_jsonl(path, str(task.source), _line_of(lines, ("inputs",)), "inputs")
+    rows = _read_jsonl(path, str(task.source), line_of(lines, ("inputs",)), "inputs")
     return [r["input"] if isinstance(r, dict) else str(r) for r in rows]
 
 
@@ -633,5 +444,20 @@ def load_task(target: str | Path, overrides: list[str] = ()) -> LoadedTask:
     task.inputs = _inputs(spec.inputs, task, lines)
     task.test = _examples(spec.test, task, lines, "test")
     if not task.test:
-        raise ConfigError(f"{path}:{_line_of(lines, ('test',))}: field 'test': the test set is empty")
+        raise ConfigError(f"{path}:{line_of(lines, ('test',))}: field 'test': the test set is empty")
     return task
+
+
+# the unions of the registries' options, in the order they are built: synthesis steps hold teachers
+UNIONS = {"TeacherOptions": TEACHER, "MetricOptions": METRIC, "SynthMethod": SYNTH, "CurateStep": CURATE,
+          "TrainMethod": TRAIN, "TrainAdapter": ADAPTER}
+
+
+def bind_registries() -> None:
+    """Load every registry and finish the models whose fields are its unions. protege/__init__.py calls
+    it once this module is complete, so a method file may import from here."""
+    for name, registry in UNIONS.items():
+        globals()[name] = registry.union()
+    MERGE.load()
+    for model in (JudgeConfig, SynthConfig, CurateConfig, TrainConfig, MergeSweepConfig, TaskSpec):
+        model.model_rebuild(force=True)

@@ -6,15 +6,28 @@ difficulty goes into meta.difficulty."""
 
 from __future__ import annotations
 
-from ..config import CurriculumStep
-from ..synth.records import record_answer, record_input
+from typing import Literal
+
+from pydantic import Field
+
+from ..config import Strict
+from ..records import record_answer, record_input
+from ..registry import CURATE
 from .context import CurateContext, with_meta
-from .student_loss import ifd, perplexity, student_losses
+
+
+class CurriculumStep(Strict):
+    name: Literal["curriculum"] = Field("curriculum", description="Order the examples easy to hard; removes "
+                                        "nothing.")
+    by: Literal["perplexity", "ifd", "length"] = Field(
+        "perplexity", description="Difficulty: the base student's perplexity of the answer, its IFD, or the "
+        "length of input and answer in characters (no model needed).")
 
 
 def difficulties(records: list[dict], by: str, ctx: CurateContext) -> list[float]:
     if by == "length":
         return [float(len(record_input(r)) + len(record_answer(r))) for r in records]
+    from .student_loss import ifd, perplexity, student_losses  # torch: when the step runs, not on import
     losses = student_losses(records, ctx, f"curriculum by {by}")
     return [perplexity(q) if by == "perplexity" else ifd(q, alone) for q, alone in losses]
 
@@ -25,5 +38,6 @@ def easy_to_hard(records: list[dict], scores: list[float]) -> list[dict]:
     return [with_meta(records[i], difficulty=round(scores[i], 4)) for i in order]
 
 
+@CURATE.register(CurriculumStep)
 def run(records: list[dict], cfg: CurriculumStep, ctx: CurateContext) -> tuple[list[dict], list[dict]]:
     return easy_to_hard(records, difficulties(records, cfg.by, ctx)), []

@@ -8,11 +8,29 @@ embedding is within that cosine similarity of a test input's (paraphrases)."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
-from ..config import DecontaminateStep
+from pydantic import Field
+
+from ..config import Strict
 from ..evaluate.metrics.exact import normalize
-from ..synth.records import record_input
+from ..records import record_input
+from ..registry import CURATE
 from .embeddings import Embedder, nearest
+
+
+class DecontaminateStep(Strict):
+    name: Literal["decontaminate"] = Field("decontaminate", description="Drop examples that repeat a test or "
+                                           "dev input: exactly, by word n-grams, or (when set) by embedding.")
+    ngram: int = Field(8, gt=0, description="Words per n-gram compared with the test and dev inputs.")
+    ngram_overlap: float = Field(0.9, gt=0, le=1, description="Drop an example when this share of its n-grams "
+                                 "occurs in the test or dev inputs: the same text with a word or two changed. "
+                                 "Lower values flag inputs that merely share the task's template; inputs "
+                                 "shorter than ngram words are matched exactly only.")
+    embedding_threshold: float | None = Field(None, gt=0, le=1, description="Also drop an example whose input "
+                                              "embedding has at least this cosine similarity with a test or dev "
+                                              "input (0.85 suits free text). Empty: off; templated inputs (dates, "
+                                              "sums) are all close to each other.")
 
 EXACT_REASON = "in the held-out test or dev set"
 NGRAM_REASON = "shares n-grams with the test or dev set"
@@ -64,6 +82,7 @@ def _paraphrases(records: list[dict], test_inputs: list[str], threshold: float,
     return kept, removed
 
 
+@CURATE.register(DecontaminateStep)
 def run(records: list[dict], cfg: DecontaminateStep, ctx) -> tuple[list[dict], list[dict]]:
     embed = ctx.embedder() if cfg.embedding_threshold is not None else None
     return decontaminate(records, ctx.test_inputs, cfg, embed)

@@ -8,11 +8,25 @@ both worth training on."""
 
 from __future__ import annotations
 
-from datasketch import MinHash, MinHashLSH
+from typing import Literal
 
-from ..config import DedupStep
+from pydantic import Field
+
+from ..config import Strict
 from ..evaluate.metrics.exact import normalize
-from ..synth.records import record_answer, record_input
+from ..records import record_answer, record_input
+from ..registry import CURATE
+
+
+class DedupStep(Strict):
+    name: Literal["dedup"] = Field("dedup", description="Drop exact and near-duplicate examples; the first wins.")
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Jaccard similarity of the inputs' character "
+                                  "shingles (found with MinHash LSH, confirmed exactly) at or above which an "
+                                  "example is a near-duplicate of an earlier one; 1: exact duplicates only.")
+    shingle: int = Field(5, gt=0, description="Characters per shingle of the normalized input.")
+    same_answer: bool = Field(True, description="A near-duplicate must also have the same answer: inputs that "
+                              "differ in one number and have different answers both teach something.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: fewer missed pairs, slower).")
 
 
 def shingles(text: str, size: int) -> set[str]:
@@ -27,6 +41,7 @@ def jaccard(a: set, b: set) -> float:
 
 
 def minhash(shingle_set: set[str], num_perm: int) -> MinHash:
+    from datasketch import MinHash  # here: importing protege loads every step file
     sketch = MinHash(num_perm=num_perm, seed=1)
     sketch.update_batch([s.encode("utf-8") for s in sorted(shingle_set)])
     return sketch
@@ -63,6 +78,7 @@ class _NearIndex:
     threshold (and with the same answer when asked), or None."""
 
     def __init__(self, cfg: DedupStep):
+        from datasketch import MinHashLSH
         self.cfg = cfg
         self.lsh = MinHashLSH(threshold=cfg.near_threshold, num_perm=cfg.num_perm) if cfg.near_threshold < 1 else None
         self.entries: dict[str, tuple[set[str], str]] = {}
@@ -85,5 +101,6 @@ class _NearIndex:
         self.lsh.insert(record["id"], minhash(grams, self.cfg.num_perm))
 
 
+@CURATE.register(DedupStep)
 def run(records: list[dict], cfg: DedupStep, ctx) -> tuple[list[dict], list[dict]]:
     return dedup(records, cfg)

@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Literal
 
-import numpy as np
+from pydantic import Field
 
-from ..config import DiversityStep
-from ..synth.records import record_input
+from ..config import Strict
+from ..records import record_input
+from ..registry import CURATE
 from .context import CurateContext, apply_verdicts, is_seed
+
+
+class DiversityStep(Strict):
+    name: Literal["diversity"] = Field("diversity", description="Keep a subset spread over k-means clusters of "
+                                       "the inputs' embeddings (Diversify and Conquer).")
+    keep: float = Field(0.5, gt=0, le=1, description="Share of the examples kept (when size is 0).")
+    size: int = Field(0, ge=0, description="Examples kept; 0: the keep share.")
+    clusters: int = Field(0, ge=0, description="k of k-means; 0: the square root of the number of examples.")
+    allocation: Literal["proportional", "balanced"] = Field(
+        "proportional", description="How many each cluster keeps: proportional to its size (the paper's kMQ), "
+        "or balanced (equal shares, so rare kinds of input weigh as much as common ones).")
 
 REASON = "diversity: not sampled from its cluster"
 
@@ -60,6 +73,7 @@ def pick_in_cluster(members: list[dict], quota: int, rng: random.Random) -> list
     return sorted(shuffled, key=lambda r: -r["meta"].get("quality", 0))[:quota]
 
 
+@CURATE.register(DiversityStep)
 def run(records: list[dict], cfg: DiversityStep, ctx: CurateContext) -> tuple[list[dict], list[dict]]:
     pool = [r for r in records if not is_seed(r)]
     target = cfg.size or math.ceil(cfg.keep * len(records))

@@ -6,11 +6,12 @@ small deterministic one."""
 from __future__ import annotations
 
 from functools import cache
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where an embedding is made: importing protege loads curate/
+    import numpy as np
 
-Embedder = Callable[[list[str]], np.ndarray]
+Embedder = Callable[[list[str]], "np.ndarray"]
 
 
 def minilm_dir():
@@ -30,6 +31,7 @@ def _minilm(device: str):
 def minilm_embedder(device: str = "cpu") -> Embedder:
     """The default embedder; the model loads on first use and stays loaded for the process."""
     def embed(texts: list[str]) -> np.ndarray:
+        import numpy as np
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
         return _minilm(device).encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
@@ -40,6 +42,7 @@ def minilm_embedder(device: str = "cpu") -> Embedder:
 def nearest(queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the cosine similarity of its nearest corpus row and that row's index
     (rows are unit vectors, so the dot product is the cosine)."""
+    import numpy as np
     if len(corpus) == 0:
         return np.full(len(queries), -1.0), np.zeros(len(queries), dtype=int)
     similarity = queries @ corpus.T

@@ -15,11 +15,26 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
-from ..config import MixtureStep
+from pydantic import Field
+
+from ..config import Strict
+from ..records import sft_record
+from ..registry import CURATE
 from ..synth.label import label_inputs
-from ..synth.records import sft_record
 from .context import CurateContext
+
+
+class MixtureStep(Strict):
+    name: Literal["mixture"] = Field("mixture", description="Add general instructions (shipped with protege, "
+                                     "none from the forgetting probe) to limit forgetting.")
+    ratio: float = Field(0.1, gt=0, le=1, description="General examples added per task example (at most the "
+                         "whole pool of about 150).")
+    answer_by: Literal["student", "teacher"] = Field(
+        "student", description="student: the base student answers (self-replay: keeps its own general "
+        "behaviour, no teacher cost); teacher: the task's teacher answers (an LLM teacher only).")
+    max_new_tokens: int = Field(128, gt=0, description="Longest general answer the base student writes.")
 
 GENERAL_PROMPTS = Path(__file__).parent / "general" / "prompts.jsonl"
 SOURCE = "general"
@@ -34,13 +49,14 @@ def mixture_size(task_examples: int, ratio: float, pool: int) -> int:
 
 
 def self_replay(prompts: list[str], cfg: MixtureStep, ctx: CurateContext) -> list[dict]:
-    from ..evaluate.generate import generate
+    from ..models.generate import generate
     model, tokenizer = ctx.need("student", cfg.name)()
     answers = generate(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
                        max_new_tokens=cfg.max_new_tokens, desc="general answers (self-replay)")
     return [sft_record("", p, a, SOURCE, ctx.round) for p, a in zip(prompts, answers) if a.strip()]
 
 
+@CURATE.register(MixtureStep)
 def run(records: list[dict], cfg: MixtureStep, ctx: CurateContext) -> tuple[list[dict], list[dict]]:
     pool = general_prompts()
     prompts = random.Random(ctx.seed).sample(pool, mixture_size(len(records), cfg.ratio, len(pool)))

@@ -5,10 +5,21 @@ user's seed examples are never dropped."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from ..config import PerplexityStep
+from pydantic import Field
+
+from ..config import Strict
+from ..registry import CURATE
 from .context import CurateContext, apply_verdicts, is_seed
-from .student_loss import perplexity, student_losses
+
+
+class PerplexityStep(Strict):
+    name: Literal["perplexity"] = Field("perplexity", description="Drop the examples whose answer the base "
+                                        "student finds least likely (POINTS: low-perplexity data trains better).")
+    keep: float = Field(0.9, gt=0, le=1, description="Share of the examples kept, lowest perplexity first.")
+    max_perplexity: float | None = Field(None, gt=1, description="Also drop every answer above this perplexity; "
+                                         "empty: no cap.")
 
 REASON = "perplexity: the base student finds the answer unlikely"
 
@@ -21,7 +32,9 @@ def kept_by_rank(scores: list[float], share: float, cap: float | None = None) ->
     return [i in chosen and (cap is None or s <= cap) for i, s in enumerate(scores)]
 
 
+@CURATE.register(PerplexityStep)
 def run(records: list[dict], cfg: PerplexityStep, ctx: CurateContext) -> tuple[list[dict], list[dict]]:
+    from .student_loss import perplexity, student_losses  # torch: when the step runs, not on import
     scored = [r for r in records if not is_seed(r)]
     values = [perplexity(loss) for loss, _ in student_losses(scored, ctx, cfg.name)]
     stays = kept_by_rank(values, cfg.keep, cfg.max_perplexity)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import CurateConfig, Example, MetricConfig, SynthConfig
 from ..runs import read_jsonl, write_json, write_jsonl
-from ..synth.records import is_task_answer, record_answer, record_input, sample_task_records, sft_record
+from ..records import is_task_answer, record_answer, record_input, sample_task_records, sft_record
 from .results import Curated
 from .scoring import evaluate
 from .stage import StageInputs, teacher_stage
@@ -77,7 +77,7 @@ def label(state: RunState, texts: list[str], source: str, round_: int = 0) -> li
 
 def expanded(state: RunState, inputs: Round0Inputs, budget: int) -> list[dict]:
     """New inputs from the task's generator, or written by the teacher from k random seeds; labeled."""
-    from ..synth.expand import inputs_from_generator, inputs_from_teacher
+    from ..synth.self_instruct import inputs_from_generator, inputs_from_teacher
     synth = inputs.synth
     if synth.generator:
         new = inputs_from_generator(synth.generator, state.task.directory, synth.expand, inputs.seed)[:budget]
@@ -185,7 +185,7 @@ def synthesize_failures(state: RunState, round_: int, failures: list[str]) -> Pa
                                 per, spec.instruction, round_, [t.input for t in state.task.test])
 
     def build(out: Path) -> None:
-        from ..synth.failures import inputs_like_failures
+        from ..synth.llm2llm import inputs_like_failures
         written = inputs_like_failures(state.teacher, inputs.instruction, inputs.failures, inputs.per, inputs.round,
                                        exclude=inputs.never)
         write_jsonl(out / "data.jsonl", label(state, [p for p, _ in written], f"failure-round-{round_}", round_))

@@ -19,7 +19,7 @@ from typing import Callable
 from ..config import EvalConfig, MetricConfig, TaskSpec, TrainConfig
 from ..models import is_adapter, load_model, model_dir, save_merged
 from ..runs import digest, read_jsonl, write_json, write_jsonl
-from ..synth.records import record_answer, record_input, sample_task_records
+from ..records import record_answer, record_input, sample_task_records
 from .stage import StageInputs, stage, teacher_stage
 from .state import ModelRef, RunState
 
@@ -30,8 +30,8 @@ def train_round(state: RunState, round_: int, train_file: Path, synthesized_pair
     `given`: train_file already holds the method's own data (pairs for dpo, critiques for cft);
     synthesized_pairs: preference pairs a synthesis method made, which dpo learns from too."""
     cfg = state.spec.train
-    method, start = cfg.method, state.base
-    if method in ("dpo", "grpo") and cfg.sft_first and not (given and method == "dpo"):
+    method, start = cfg.method.name, state.base
+    if method in ("dpo", "grpo") and cfg.method.sft_first and not (given and method == "dpo"):
         sft = train_stage(state, f"train-r{round_}", "sft", start, train_file, round_)
         start = full_model(state, sft, round_)
     if method == "dpo" and not given:
@@ -49,8 +49,8 @@ class TrainInputs(StageInputs):
     start: str  # the identity of the model training starts from
     data: Path
     method: str
-    # the config as this method's stage reads it: a dpo setting changed must not retrain the sft stage
-    # that dpo starts from (nor the plain sft run that shares it)
+    # the shared train fields and this method's own options only: a dpo setting changed must not retrain
+    # the sft stage that dpo starts from (nor the plain sft run that shares it)
     train: TrainConfig
     learning_rate: float  # the rate it trains with, not the field: a changed default must retrain
     device: str
@@ -73,7 +73,8 @@ def write_trained(out: Path, state: RunState, inputs: TrainInputs, start: ModelR
     from ..train import check_rows, train_method
     data = read_jsonl(inputs.data)
     check_rows(data, inputs.method, inputs.data)
-    state.say(f"round {round_}: {inputs.method} on {len(data)} examples ({inputs.train.adapter}, {state.device})")
+    state.say(f"round {round_}: {inputs.method} on {len(data)} examples ({inputs.train.adapter.name}, "
+              f"{state.device})")
     begin = time.time()
     start_dir = start.path or state.base_dir
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for results
@@ -87,34 +88,22 @@ def write_trained(out: Path, state: RunState, inputs: TrainInputs, start: ModelR
                                      "method": log.get("method", inputs.method)})
 
 
-# train fields that only some methods read; every other field counts for every method
-METHOD_FIELDS = {"masked-thought": {"mask_ratio"}, "cft": {"cft_ratio", "cft_candidates"},
-                 "dpo": {"sft_first", "rl_learning_rate", "dpo_beta", "dpo_samples"},
-                 "grpo": {"sft_first", "rl_learning_rate", "grpo_generations", "grpo_max_completion",
-                          "grpo_max_steps", "grpo_beta"},
-                 "distill": {"distill_teacher", "distill_loss", "distill_lambda", "distill_beta"}}
-
-
-def own_fields_only(cfg: TrainConfig, method: str) -> TrainConfig:
-    """The train config with the fields only other methods read at their defaults."""
-    others = set().union(*(fields for name, fields in METHOD_FIELDS.items() if name != method))
-    defaults = TrainConfig()
-    reset = {name: getattr(defaults, name) for name in others - METHOD_FIELDS.get(method, set())}
-    return cfg.model_copy(update={"method": method, **reset})
-
-
 def method_config(spec: TaskSpec, method: str, task_dir: Path) -> TrainConfig:
-    """The train config one method's stage trains with: dpo's and grpo's own learning rate, grpo's
-    step count, the curriculum's order, paths resolved against the task directory."""
-    cfg = own_fields_only(spec.train, method)
+    """The train config one method's stage trains with: the shared train fields and that method's own
+    options only (train.method's when it names the method, else its defaults); dpo's and grpo's own
+    learning rate, grpo's step count, the curriculum's order, paths resolved against the task directory."""
+    from ..train import method_options
+    options = method_options(spec.train, method)
+    cfg = spec.train.model_copy(update={"method": options})
     if any(step.name == "curriculum" for step in spec.curate.root):
         cfg = cfg.model_copy(update={"data_order": "as-given"})
     if method in ("dpo", "grpo"):
-        rate = cfg.rl_learning_rate or (5e-5 if cfg.adapter == "lora" else 1e-6)
-        steps = cfg.grpo_max_steps if method == "grpo" else cfg.max_steps
+        rate = options.learning_rate or (5e-5 if cfg.adapter.name == "lora" else 1e-6)
+        steps = options.max_steps if method == "grpo" else cfg.max_steps
         return cfg.model_copy(update={"learning_rate": rate, "max_steps": steps})
-    if method == "distill" and cfg.distill_teacher:
-        return cfg.model_copy(update={"distill_teacher": str(model_dir(cfg.distill_teacher, task_dir))})
+    if method == "distill" and options.teacher:
+        teacher = str(model_dir(options.teacher, task_dir))
+        return cfg.model_copy(update={"method": options.model_copy(update={"teacher": teacher})})
     return cfg
 
 
@@ -143,7 +132,7 @@ def sampled_items(train_file: Path, count: int, seed: int) -> list[tuple[str, st
 
 
 def student_samples(state: RunState, start: Path, items: list[tuple[str, str]], k: int, seed: int) -> list[list[str]]:
-    from ..synth.preference_pairs import sample_answers
+    from ..models.generate import sample_answers
     model, tokenizer = load_model(start, state.device)
     return sample_answers(model, tokenizer, state.spec.instruction, items, k, 1.0, state.spec.eval.max_new_tokens,
                           seed)
@@ -165,8 +154,10 @@ class PairsInputs(StageInputs):
 def pairs_stage(state: RunState, round_: int, start: ModelRef, train_file: Path, synthesized: Path | None) -> Path:
     """On-policy pairs: the reference answer against the starting model's own wrong sample; in round 0
     also the pairs a preference-pairs synthesis step made."""
+    from ..train import method_options
     spec = state.spec
-    inputs = PairsInputs(start.identity, train_file, spec.train.dpo_samples, spec.synth.mine_size, spec.metric,
+    inputs = PairsInputs(start.identity, train_file, method_options(spec.train, "dpo").samples, spec.synth.mine_size,
+                         spec.metric,
                          spec.eval, spec.train.seed + round_, spec.instruction,
                          synthesized if round_ == 0 else None)
 
@@ -199,8 +190,9 @@ class CritiqueInputs(StageInputs):
 
 def critique_stage(state: RunState, round_: int, train_file: Path) -> Path:
     """The teacher critiques the student's own samples and the reference answers (CFT data)."""
+    from ..train import method_options
     spec = state.spec
-    k = spec.train.cft_candidates
+    k = method_options(spec.train, "cft").candidates
     inputs = CritiqueInputs(state.teacher.backend.identity(), train_file, state.base.identity, k,
                             spec.synth.mine_size, state.budget.left // (k + 1), spec.eval, spec.train.seed + round_,
                             spec.instruction, round_)

@@ -1,4 +1,6 @@
-"""Model merging, selectable by name: one file per method, each registered here.
+"""Model merging, selectable by name: one file per method, which declares the method's options (its
+keyword parameters, as mergekit keeps them beside the code) and registers the method with
+`@MERGE.register(Options)` (protege.registry).
 
 Every method is a pure function over ONE tensor name at a time:
 `fn(base, finetuned, weights, **params) -> Tensor`, where `finetuned` holds that tensor from each
@@ -12,20 +14,27 @@ run in float32; the result has the base tensor's dtype.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+from pydantic import Field
 
-Merge = Callable[..., torch.Tensor]
-MERGES: dict[str, Merge] = {}
+from ..config import Strict
+from ..registry import MERGE
+
+if TYPE_CHECKING:  # torch is imported by the code that merges: importing protege loads every method file
+    import torch
+
+Merge = Callable[..., "torch.Tensor"]
 CONTEXT = ("name", "num_layers")
 
 
-def register(name: str) -> Callable[[Merge], Merge]:
-    def add(fn: Merge) -> Merge:
-        MERGES[name] = fn
-        return fn
-    return add
+class MergeOptions(Strict):
+    """What every method that sums task vectors reads."""
+
+    scale: float = Field(1.0, description="Factor on the merged task vector (mergekit's lambda).")
+
+
+PerModel = float | list[float]  # one value for all models, or one each
 
 
 def task_vectors(base: torch.Tensor, finetuned: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -58,14 +67,8 @@ def apply(base: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
 def merge_tensor(method: str, base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
                  params: dict, name: str = "", num_layers: int = 0) -> torch.Tensor:
     """One tensor merged by the method named, given only the context that method declares."""
-    if method not in MERGES:
-        raise ValueError(f"unknown merge method {method!r}; known: {', '.join(sorted(MERGES))}")
-    fn = MERGES[method]
+    fn = MERGE.get(method)
     context = {"name": name, "num_layers": num_layers}
     wanted = inspect.signature(fn).parameters
     given = {key: value for key, value in context.items() if key in wanted}
     return fn(base, finetuned, weights, **given, **params)
-
-
-# imported last: each module registers itself with the decorator above
-from . import breadcrumbs, dare, lines, task_arithmetic, ties  # noqa: E402,F401

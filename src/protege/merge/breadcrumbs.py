@@ -11,12 +11,28 @@ density is one value or one per model.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Literal
 
-from . import apply, per_model, register, task_vectors, weighted_sum
+from pydantic import Field
+
+from ..registry import MERGE
+from . import MergeOptions, PerModel, apply, per_model, task_vectors, weighted_sum
+
+if TYPE_CHECKING:
+    import torch
+
+
+class BreadcrumbsOptions(MergeOptions):
+    name: Literal["breadcrumbs"] = Field("breadcrumbs", description="Model Breadcrumbs: drop each task "
+                                         "vector's largest (outliers) and smallest changes, then add the rest.")
+    beta: PerModel = Field(0.01, description="Share of the largest changes dropped (the paper's beta).")
+    gamma: PerModel = Field(0.85, description="Share of the smallest changes dropped.")
+    density: PerModel | None = Field(None, description="mergekit's way: the share kept; when set, the bottom "
+                                     "drop is what remains after beta. Empty: gamma decides.")
 
 
 def keep_middle(delta: torch.Tensor, beta: float, gamma: float, density: float | None = None) -> torch.Tensor:
+    import torch
     count = delta.numel()
     top = int(beta * count)
     if density is None:
@@ -32,7 +48,7 @@ def keep_middle(delta: torch.Tensor, beta: float, gamma: float, density: float |
     return delta * mask.view(delta.shape)
 
 
-@register("breadcrumbs")
+@MERGE.register(BreadcrumbsOptions)
 def breadcrumbs(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
                 beta: float | list[float] = 0.01, gamma: float | list[float] = 0.85,
                 density: float | list[float] | None = None, scale: float = 1.0) -> torch.Tensor:

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from ..config import ConfigError, Strict, _field_name, _first_error, _line_of, read_yaml_mapping
+from ..config import ConfigError, Strict, field_name, first_error, line_of, read_yaml_mapping
 from ..models import is_adapter
 
 DType = Literal["float32", "float16", "bfloat16"]
@@ -168,11 +168,11 @@ def parse_merge(text: str, where: str) -> tuple[MergeConfig, dict[tuple, int]]:
     try:
         return MergeConfig.model_validate(data), lines
     except ValidationError as exc:
-        raise _first_error(exc, lines, where) from None
+        raise first_error(exc, lines, where) from None
 
 
 def fail(where: str, lines: dict[tuple, int], loc: tuple, message: str) -> ConfigError:
-    return ConfigError(f"{where}:{_line_of(lines, loc)}: field '{_field_name(loc)}': {message}")
+    return ConfigError(f"{where}:{line_of(lines, loc)}: field '{field_name(loc)}': {message}")
 
 
 def written(parameters: BaseModel) -> list[str]:

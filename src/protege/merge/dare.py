@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import zlib
 
-import torch
+from typing import TYPE_CHECKING, Literal
 
-from . import apply, per_model, register, task_vectors, weighted_sum
+from pydantic import Field
+
+from ..registry import MERGE
+from . import MergeOptions, PerModel, apply, per_model, task_vectors, weighted_sum
+
+if TYPE_CHECKING:
+    import torch
+
+
+class DareOptions(MergeOptions):
+    name: Literal["dare"] = Field("dare", description="DARE: drop task-vector entries at random, rescale the "
+                                  "survivors, then add as task arithmetic does.")
+    drop: PerModel = Field(0.9, description="Probability that an entry is dropped (one value, or one per model).")
+    seed: int = Field(0, description="Seed of the random masks (per tensor name and model).")
 
 
 def mask_seed(seed: int, name: str, index: int) -> int:
@@ -19,6 +32,7 @@ def mask_seed(seed: int, name: str, index: int) -> int:
 
 
 def drop_and_rescale(delta: torch.Tensor, drop: float, seed: int) -> torch.Tensor:
+    import torch
     if drop <= 0:
         return delta
     if drop >= 1:
@@ -28,7 +42,7 @@ def drop_and_rescale(delta: torch.Tensor, drop: float, seed: int) -> torch.Tenso
     return delta * keep / (1 - drop)
 
 
-@register("dare")
+@MERGE.register(DareOptions)
 def dare(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float], name: str = "",
          drop: float | list[float] = 0.9, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
     deltas = task_vectors(base, finetuned)

@@ -5,18 +5,35 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Literal
 
-from . import apply, register, task_vectors, weighted_sum
+from pydantic import Field
+
+from ..config import Strict
+from ..registry import MERGE
+from . import MergeOptions, apply, task_vectors, weighted_sum
+
+if TYPE_CHECKING:
+    import torch
 
 
-@register("task_arithmetic")
+class TaskArithmeticOptions(MergeOptions):
+    name: Literal["task_arithmetic"] = Field("task_arithmetic", description="Task arithmetic: base + scale * "
+                                             "the weighted sum of the task vectors.")
+
+
+class LinearOptions(Strict):
+    name: Literal["linear"] = Field("linear", description="The weighted average of the models (task "
+                                    "arithmetic over the weights' total).")
+
+
+@MERGE.register(TaskArithmeticOptions)
 def task_arithmetic(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
                     scale: float = 1.0) -> torch.Tensor:
     return apply(base, scale * weighted_sum(task_vectors(base, finetuned), weights))
 
 
-@register("linear")
+@MERGE.register(LinearOptions)
 def linear(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     total = sum(weights)
     if abs(total) < 1e-12:

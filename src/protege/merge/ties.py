@@ -10,13 +10,27 @@ value or one per model.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Literal
 
-from . import apply, per_model, register, task_vectors
+from pydantic import Field
+
+from ..registry import MERGE
+from . import MergeOptions, PerModel, apply, per_model, task_vectors
+
+if TYPE_CHECKING:
+    import torch
+
+
+class TiesOptions(MergeOptions):
+    name: Literal["ties"] = Field("ties", description="TIES: trim each task vector to its largest entries, "
+                                  "elect a sign per entry, average the entries that agree.")
+    density: PerModel = Field(0.2, description="Share of each task vector's entries kept (one value, or one "
+                              "per model).")
 
 
 def keep_largest(delta: torch.Tensor, density: float) -> torch.Tensor:
     """The delta with all but its int(density * numel) largest-magnitude entries zeroed."""
+    import torch
     if density >= 1:
         return delta
     keep = max(1, int(density * delta.numel())) if density > 0 else 0
@@ -26,6 +40,7 @@ def keep_largest(delta: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    import torch
     weighted = torch.stack([weight * delta for weight, delta in zip(weights, deltas)])
     elected = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0)
     # a trimmed (zero) entry has sign 0, so it never agrees and never counts in the mean
@@ -35,7 +50,7 @@ def disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Ten
     return (weighted * agrees).sum(dim=0) / torch.where(divisor == 0, 1.0, divisor)
 
 
-@register("ties")
+@MERGE.register(TiesOptions)
 def ties(base: torch.Tensor, finetuned: list[torch.Tensor], weights: list[float],
          density: float | list[float] = 0.2, scale: float = 1.0) -> torch.Tensor:
     deltas = task_vectors(base, finetuned)

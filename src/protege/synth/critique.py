@@ -1,7 +1,7 @@
 """Critique data (CFT, Wang et al. 2025): the teacher checks candidate solutions (the student's own
 samples, the teacher's own sampled answers, the reference) against the reference when there is one,
 and writes what is right or wrong ending with a verdict; the student then learns to write those
-critiques. Training builds them each round for train.method cft (method_round.critique_stage); the
+critiques. Training builds them each round for train.method cft (loop/training.py, critique_stage); the
 critique step builds them in round 0 and adds them to the data (meta.task_answer false: a critique is
 no answer to the task).
 
@@ -10,10 +10,23 @@ A reply whose last line is not a verdict is dropped and counted, never trained o
 from __future__ import annotations
 
 import re
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Literal, NamedTuple, Sequence
 
+from pydantic import Field
+
+from ..registry import SYNTH
 from ..teachers import TeacherRequest
-from .records import sft_record
+from ..records import sft_record
+from .registry import StudentSampledStep
+
+
+class CritiqueStep(StudentSampledStep):
+    name: Literal["critique"] = Field("critique", description="Critique data (CFT): the teacher critiques "
+                                      "candidate solutions, the student's and its own, ending with a verdict.")
+    samples: int = Field(2, ge=0, description="Student samples per input critiqued.")
+    teacher_samples: int = Field(1, ge=0, description="Teacher answers per input critiqued, sampled at "
+                                 "temperature.")
+    reference: bool = Field(True, description="Show the critic the record's answer as the reference.")
 
 # What the student sees when it learns to critique (it is not shown the reference).
 CRITIQUE_STUDENT_SYSTEM = (
@@ -122,7 +135,8 @@ def critique_candidates(teacher, instruction: str, items: Sequence[tuple[str, st
     return critique_records(instruction, items, candidates, replies, round_)
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(CritiqueStep)
+def run(records: list[dict], step: CritiqueStep, ctx) -> list[dict]:
     """The critique step: the student's and the teacher's sampled answers to records of the data so
     far, critiqued by the teacher (with the record's answer as the reference when step.reference)."""
     from .registry import student_answers, task_items, teacher_answers

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from ..config import MetricConfig
-from ..evaluate.metrics import score
+from ..evaluate.metrics import as_metric, score
 from ..teachers import TeacherRequest
-from .records import sft_record
+from ..records import sft_record
 
 Agree = Callable[[str, str], bool]
 
@@ -18,7 +18,7 @@ Agree = Callable[[str, str], bool]
 def agreement(kind: str, threshold: float, metric: MetricConfig) -> Agree:
     """Two answers agree when each scores at least threshold against the other (the task's metric,
     or ROUGE-L F1): some metrics read the reference differently from the prediction."""
-    measure = metric if kind == "metric" else MetricConfig(name="rouge-l")
+    measure = metric if kind == "metric" else as_metric("rouge-l")
 
     def agree(a: str, b: str) -> bool:
         return min(score(measure, a, b)[0], score(measure, b, a)[0]) >= threshold

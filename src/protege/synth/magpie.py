@@ -9,10 +9,29 @@ dropped, as are empty ones, repeats and test inputs."""
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
-from ..evaluate.task_eval import task_chat
-from .records import sft_record
+from pydantic import Field
+
+from ..config import Strict
+from ..records import task_chat
+from ..registry import SYNTH
+from ..records import sft_record
+
+
+class MagpieStep(Strict):
+    name: Literal["magpie"] = Field("magpie", description="Magpie: a local model given only its chat template "
+                                    "up to the user turn writes user turns; they are then answered.")
+    n: int = Field(50, ge=0, description="User turns sampled (unfinished and repeated ones are dropped).")
+    model: str = Field("", description="Who writes the user turns: a local Hugging Face directory, "
+                       "embedded:NAME or tiny:SEED; empty: the base student.")
+    system: bool = Field(True, description="Put the task's instruction in the template as the system message, "
+                         "so the user turns are inputs to the task.")
+    answer_by: Literal["teacher", "writer"] = Field("teacher", description="teacher: the task's teacher answers "
+                                                    "each user turn; writer: the model that wrote it (as in the "
+                                                    "paper).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the user turns.")
+    max_new_tokens: int = Field(128, gt=0, description="Longest user turn; one not finished by then is dropped.")
 
 MARK = "\u2063MAGPIE\u2063"  # stands for the user's text while the template is rendered
 
@@ -37,10 +56,17 @@ def finished_turn(tokenizer, ids: list[int], ends: set[int]) -> str | None:
     return None if cut is None else tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
 
 
-@torch.inference_mode()
 def write_user_turns(model, tokenizer, prefix: str, n: int, temperature: float, max_new_tokens: int,
                      seed: int, batch_size: int = 16) -> list[str | None]:
     """n sampled continuations of the pre-query template, each cut at its end of turn (None: unfinished)."""
+    import torch  # here, not at the top: importing protege loads every method file
+    with torch.inference_mode():
+        return sampled_turns(model, tokenizer, prefix, n, temperature, max_new_tokens, seed, batch_size)
+
+
+def sampled_turns(model, tokenizer, prefix: str, n: int, temperature: float, max_new_tokens: int,
+                  seed: int, batch_size: int) -> list[str | None]:
+    import torch
     ids = tokenizer(prefix, add_special_tokens=False, return_tensors="pt").input_ids.to(model.device)
     ends, turns = end_ids(model, tokenizer), []
     torch.manual_seed(seed)
@@ -64,16 +90,17 @@ def writer(step, ctx) -> tuple:
 
 def answers(step, ctx, model, tokenizer, turns: list[str]) -> list[str | None]:
     if step.answer_by == "writer":
-        from ..evaluate.generate import generate
+        from ..models.generate import generate
         chats = [task_chat(ctx.instruction, turn) for turn in turns]
         return generate(model, tokenizer, chats, step.max_new_tokens, seed=ctx.step_seed, desc="magpie answers")
     from ..teachers import TeacherRequest
     return ctx.teacher.complete([TeacherRequest("answer", ctx.instruction, input=turn) for turn in turns])
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(MagpieStep)
+def run(records: list[dict], step: MagpieStep, ctx) -> list[dict]:
     from .registry import novel
-    from .records import record_input
+    from ..records import record_input
     model, tokenizer, name = writer(step, ctx)
     n = step.n if step.answer_by == "writer" else min(step.n, ctx.left())
     prefix = pre_query(tokenizer, ctx.instruction if step.system else "")

@@ -2,15 +2,27 @@
 student's own verified answer is chosen, and one of the student's own wrong answers is rejected, so
 the pair pushes down a mistake the student actually makes (rather than one a teacher imagines). An
 input the student always gets right teaches DPO nothing and gives no pair. Training builds pairs
-each round for train.method dpo (method_round.pairs_stage); the preference-pairs step builds them in
+each round for train.method dpo (loop/training.py, pairs_stage); the preference-pairs step builds them in
 round 0 from the base student into the stage's pairs.jsonl."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Literal
 
-from ..evaluate.generate import generate
-from ..evaluate.task_eval import task_chat
+from pydantic import Field
+
+from ..records import task_chat
+from ..registry import SYNTH
+from .registry import StudentSampledStep
+
+
+class PreferencePairsStep(StudentSampledStep):
+    name: Literal["preference-pairs"] = Field("preference-pairs", description="On-policy DPO pairs: chosen = "
+                                              "the reference or a verified answer, rejected = the base student's "
+                                              "own wrong answer; written to pairs.jsonl.")
+    chosen: Literal["reference", "verified"] = Field("reference", description="reference: the record's answer "
+                                                     "(the teacher's, or a seed's); verified: the student's own "
+                                                     "first right sample, else the reference.")
 
 
 def first_wrong(text: str, samples: list[str], reference: str,
@@ -59,9 +71,10 @@ def preference_pairs(items: Iterable[tuple[str, str]], samples: list[list[str]],
     return pairs
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(PreferencePairsStep)
+def run(records: list[dict], step: PreferencePairsStep, ctx) -> list[dict]:
     """The preference-pairs step: pairs from the base student's samples on records of the data so
-    far, added to ctx.pairs (with id and meta, as DESIGN.md's preference record); records unchanged."""
+    far, added to ctx.pairs (with id and meta, as docs/architecture.md describes the preference record); records unchanged."""
     from ..runs import digest
     from .registry import student_answers, task_items, verifier
     items = task_items(records, step.items, ctx.step_seed)
@@ -72,23 +85,3 @@ def run(records: list[dict], step, ctx) -> list[dict]:
     ctx.drop("no wrong answer", len(items) - len(pairs))
     return records
 
-
-def sample_student(model, tokenizer, chats: list[list[dict]], k: int, temperature: float, max_new_tokens: int,
-                   seed: int, batch_size: int = 32) -> list[list[str]]:
-    """k sampled answers per chat. The chats are repeated k times in one generate call rather than
-    generated k times: generate sorts prompts by length, so the k copies of a prompt share batches
-    with no padding between them, and the batches stay full even when there are few chats."""
-    if temperature <= 0:  # greedy decoding gives k equal answers: generate them once
-        return [[reply] * k for reply in generate(model, tokenizer, chats, max_new_tokens, batch_size,
-                                                  seed=seed, desc="sample")]
-    repeated = [chat for chat in chats for _ in range(k)]
-    replies = generate(model, tokenizer, repeated, max_new_tokens, batch_size, temperature=temperature,
-                       seed=seed, desc="sample")
-    return [replies[i * k:(i + 1) * k] for i in range(len(chats))]
-
-
-def sample_answers(model, tokenizer, instruction: str, items: Sequence[tuple[str, str | None]], k: int,
-                   temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
-    """k answers of a student per (input, reference) item, sampled on the prompt it sees in training."""
-    chats = [task_chat(instruction, text) for text, _ in items]
-    return sample_student(model, tokenizer, chats, k, temperature, max_new_tokens, seed)

@@ -8,9 +8,20 @@ reflection that begins with "Wait,", and a reply that is empty or does not is dr
 from __future__ import annotations
 
 import re
+from typing import Literal
 
+from pydantic import Field
+
+from ..registry import SYNTH
 from ..teachers import TeacherRequest
-from .records import sft_record
+from ..records import sft_record
+from .registry import StudentSampledStep
+
+
+class ReflectionStep(StudentSampledStep):
+    name: Literal["reflection"] = Field("reflection", description="Mistake and reflection (LEMMA): the "
+                                        "student's wrong solution, the teacher's reflection on it, the right "
+                                        "solution, as one answer.")
 
 # "Wait," opening the reply, with the markdown and quotes a chat model may put around it
 _OPENING = re.compile(r"^[\s*_`#>\"']*wait\b([,.:;!]?)[*_`\"']*", re.IGNORECASE)
@@ -28,7 +39,8 @@ def reflected_answer(wrong: str, reflection: str, right: str) -> str:
     return f"{wrong.strip()}\n\n{reflection.strip()}\n\n{right.strip()}"
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(ReflectionStep)
+def run(records: list[dict], step: ReflectionStep, ctx) -> list[dict]:
     from .preference_pairs import first_wrong
     from .registry import student_answers, task_items, verifier
     items = task_items(records, step.items, ctx.step_seed)

@@ -11,7 +11,25 @@ Only tasks that list the refusal step get it: it trades answers for honesty."""
 
 from __future__ import annotations
 
-from .records import record_input, sft_record
+from typing import Literal
+
+from pydantic import Field
+
+from ..registry import SYNTH
+from ..records import record_input, sft_record
+from .registry import StudentSampledStep
+
+
+class RefusalStep(StudentSampledStep):
+    name: Literal["refusal"] = Field("refusal", description="R-Tuning: inputs the base student cannot answer get "
+                                     "an uncertainty target in place of their answer.")
+    certain_share: float = Field(0.5, gt=0, le=1, description="Share of the samples that must be right for "
+                                 "the student to know the answer.")
+    style: Literal["refuse", "unsure"] = Field(
+        "refuse", description="refuse: the target is the refusal text; unsure: the paper's padding, the answer "
+        "then \"Are you sure you accurately answered the question based on your internal knowledge? I am "
+        "unsure.\" (\"I am sure.\" on the inputs it knows).")
+    refusal: str = Field("I am not sure I know the answer to this.", description="The target of style refuse.")
 
 R_TUNING_QUESTION = "Are you sure you accurately answered the question based on your internal knowledge?"
 
@@ -27,7 +45,8 @@ def target(style: str, answer: str, knows: bool, refusal: str) -> str | None:
     return f"{answer}\n\n{R_TUNING_QUESTION} I am {'sure' if knows else 'unsure'}."
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(RefusalStep)
+def run(records: list[dict], step: RefusalStep, ctx) -> list[dict]:
     from .registry import is_task_answer, student_answers, task_items, verifier
     items = task_items(records, step.items, ctx.step_seed)
     samples = student_answers(ctx, step.name, items, step.samples, step.temperature)

@@ -1,5 +1,6 @@
 """Synthesis methods by name: the steps of the task's `synth.methods` list, run in order in round 0
-after labeling and expansion. Each method is a file here with `run(records, step, ctx) -> records`:
+after labeling and expansion. Each method is a file here that declares its options model and
+registers `run(records, step, ctx) -> records` with `@SYNTH.register(Options)` (protege.registry):
 it gets the data so far and returns it with its own records added (refusal puts its records in place
 of the ones they replace). Every record a step makes carries meta.source = the step's name; records
 whose answer is no answer to the task (a critique, a reflection, a refusal) also carry
@@ -13,26 +14,27 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..config import MetricConfig, TeacherConfig
+from pydantic import Field
+
+from ..config import MetricConfig, Strict, TeacherConfig
 from ..evaluate.metrics.exact import normalize
+from ..registry import METRIC, SYNTH
 from ..teachers import TeacherRequest
-from .records import is_task_answer, record_answer, record_input  # noqa: F401 (is_task_answer: re-exported)
-
-# step name -> the file of this folder that runs it
-METHODS = {"self-instruct": "expand", "evol-instruct": "evolve", "magpie": "magpie", "llm2llm": "failures",
-           "critique": "critique", "rejection": "rejection", "preference-pairs": "preference_pairs",
-           "reflection": "reflection", "refusal": "refusal"}
+from ..records import is_task_answer, record_answer, record_input  # noqa: F401 (is_task_answer: re-exported)
 
 
-def method(name: str) -> Callable:
-    # imported on use: the methods that sample a model pull in torch
-    if name not in METHODS:
-        raise ValueError(f"unknown synthesis method {name!r}; known: {', '.join(METHODS)}")
-    return import_module(f".{METHODS[name]}", __package__).run
+class StudentSampledStep(Strict):
+    """Options every method that samples the base student on the data so far shares."""
+
+    items: int = Field(100, ge=0, description="Records of the data so far (those whose answer is a task answer) "
+                       "drawn at random to work on.")
+    samples: int = Field(4, ge=1, description="Answers sampled per input.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of those answers.")
+    verifier: str = Field("", description="module:attr(input, answer) -> bool that says an answer is right; "
+                          "empty: the task's metric against the record's answer scores 1.")
 
 
 @dataclass
@@ -40,7 +42,7 @@ class SynthContext:
     teacher: Any  # the task's teacher (a CachedTeacher): every method's requests count against budget
     instruction: str
     budget: int  # teacher requests all the steps together may make
-    metric: MetricConfig = field(default_factory=MetricConfig)
+    metric: MetricConfig = field(default_factory=lambda: METRIC.make("exact"))
     task_dir: Path | None = None
     seed: int = 0
     round: int = 0
@@ -89,7 +91,7 @@ def run_methods(records: list[dict], steps: Iterable, ctx: SynthContext) -> list
         ctx.step_seed = ctx.seed + 7919 * (index + 1)
         ctx.notes.append({"method": step.name, "dropped": {}})
         pairs = len(ctx.pairs)
-        records = method(step.name)(records, step, ctx)
+        records = SYNTH.get(step.name)(records, step, ctx)
         new = [r for r in records if r["id"] not in before]
         strays = {r["meta"].get("source") for r in new} - {step.name}
         if strays:
@@ -156,8 +158,8 @@ def teacher_answers(teacher, instruction: str, items: Sequence[tuple[str, str | 
 def student_answers(ctx: SynthContext, step: str, items: list[tuple[str, str]], k: int,
                     temperature: float) -> list[list[str]]:
     """k answers of the base student per item, sampled on the prompt it sees in training."""
-    from ..evaluate.task_eval import task_chat
-    from .preference_pairs import sample_student
+    from ..records import task_chat
+    from ..models.generate import sample_student
     if not items or k == 0:
         return [[] for _ in items]
     model, tokenizer = ctx.need_student(step)

@@ -9,9 +9,21 @@ The answers kept are other answers to inputs the data already holds (meta.altern
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
-from .records import sft_record
+from pydantic import Field
+
+from ..registry import SYNTH
+from ..records import sft_record
+from .registry import StudentSampledStep
+
+
+class RejectionStep(StudentSampledStep):
+    name: Literal["rejection"] = Field("rejection", description="Rejection sampling (STaR, RFT): k sampled "
+                                       "answers per input, the verified ones kept.")
+    sampler: Literal["student", "teacher"] = Field("student", description="Who samples: the base student "
+                                                   "(self-improvement) or the task's teacher.")
+    cap: int = Field(1, ge=1, description="Distinct verified answers kept per input.")
 
 
 def verified(text: str, samples: list[str | None], reference: str, is_right: Callable[[str, str, str], bool],
@@ -26,7 +38,8 @@ def verified(text: str, samples: list[str | None], reference: str, is_right: Cal
     return kept
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(RejectionStep)
+def run(records: list[dict], step: RejectionStep, ctx) -> list[dict]:
     from .registry import student_answers, task_items, teacher_answers, verifier
     items = task_items(records, step.items, ctx.step_seed)
     if step.sampler == "teacher":

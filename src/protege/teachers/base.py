@@ -6,6 +6,10 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Literal, Protocol
 
+class TeacherError(RuntimeError):
+    """The teacher cannot be used at all (unreachable, refused every request, misconfigured)."""
+
+
 Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise", "evolve", "reflect"]
 
 WRITE_INPUT_PROMPT = (

@@ -8,9 +8,20 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
-from .base import TeacherRequest
+from pydantic import Field
+
+from ..config import TeacherConfig
+from ..registry import TEACHER
+from .base import TeacherError, TeacherRequest
+
+
+class FunctionTeacherConfig(TeacherConfig):
+    kind: Literal["function"] = Field("function", description="A Python callable answers: offline examples, "
+                                      "rule-based labelers, tests.")
+    function: str = Field("", description="module:attr of the teacher callable (request -> reply); modules are "
+                          "looked up in the task directory first.")
 
 
 def load_callable(spec: str, search_dir: Path | None = None) -> Callable:
@@ -63,3 +74,10 @@ class FunctionTeacher:
             if on_reply:
                 on_reply(i, reply)
         return replies
+
+
+@TEACHER.register(FunctionTeacherConfig)
+def build(cfg: FunctionTeacherConfig, task_dir: Path, student=None) -> FunctionTeacher:
+    if not cfg.function:
+        raise TeacherError("teacher.function (module:attr) is required for kind=function")
+    return FunctionTeacher(cfg.function, task_dir)

@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from ..config import TeacherConfig
-from ..evaluate import vllm_generate
-from ..evaluate.generate import chat_prompts, generate
+from ..models import vllm_generate
+from ..registry import TEACHER
 from ..runs import digest
 from .base import TeacherRequest, TeacherStats, Usage
+
+
+class LocalTeacherConfig(TeacherConfig):
+    kind: Literal["local"] = Field("local", description="A Hugging Face model run in this process (vLLM where "
+                                   "installed and a GPU is there).")
+    model: str = Field("", description="embedded:NAME, tiny:SEED or a local Hugging Face model directory.")
+    batch_size: int = Field(16, gt=0, description="Requests generated together; each batch is cached as it "
+                            "finishes.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs; auto: a GPU when "
+                                                   "one is there.")
 
 
 def batches(requests: list[TeacherRequest], size: int) -> list[list[int]]:
@@ -33,7 +46,7 @@ def weights_identity(directory: Path) -> str:
 class LocalTeacher:
     name = "local"
 
-    def __init__(self, cfg: TeacherConfig, task_dir: Path | None = None):
+    def __init__(self, cfg: LocalTeacherConfig, task_dir: Path | None = None):
         from ..models import model_dir, pick_device
         if not cfg.model:
             raise ValueError("teacher.model (embedded:NAME, tiny:SEED or a model directory) is required "
@@ -65,6 +78,7 @@ class LocalTeacher:
 
     def _generate(self, chats: list[list[dict]], temperature: float, seed: int) -> tuple[list[str], list[int]]:
         """Replies and prompt lengths of one batch."""
+        from ..models.generate import chat_prompts, generate  # torch: not when protege loads this file
         model, tokenizer = self._load()
         prompts = chat_prompts(tokenizer, chats)
         if model is None:
@@ -98,3 +112,8 @@ class LocalTeacher:
         usage = Usage(prompt_length, len(self._load()[1].encode(text, add_special_tokens=False)))
         self.stats.charge(usage)
         return text.strip(), usage
+
+
+@TEACHER.register(LocalTeacherConfig)
+def build(cfg: LocalTeacherConfig, task_dir: Path, student=None) -> LocalTeacher:
+    return LocalTeacher(cfg, task_dir)

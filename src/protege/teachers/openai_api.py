@@ -15,19 +15,37 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
 
-import openai
+from pydantic import Field
 
 from ..config import TeacherConfig
-from .base import TeacherRequest, TeacherStats, Usage
+from ..registry import TEACHER
+from .base import TeacherError, TeacherRequest, TeacherStats, Usage
+
+# openai is imported where a request goes out, not here: importing protege loads every teacher kind's file
 
 FATAL_STATUS = {401, 403, 404}
 RETRY_STATUS = {408, 409, 429}
 RETRY_AFTER_CAP = 120.0  # seconds; a server asking for longer is treated as down (the openai client's cap)
 
 
-class TeacherError(RuntimeError):
-    """The teacher cannot be used at all (unreachable, refused every request)."""
+class OpenAITeacherConfig(TeacherConfig):
+    kind: Literal["openai"] = Field("openai", description="Any OpenAI-compatible endpoint (OpenAI, vLLM, "
+                                    "llama.cpp server, Ollama, protege serve).")
+    base_url: str = Field("", description="Endpoint of the OpenAI-compatible server.")
+    model: str = Field("", description="The model name sent to the endpoint.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="Retries after a timeout, a lost connection, 429, 5xx or a "
+                             "malformed or empty reply; after the last one the request counts as failed (or "
+                             "dropped, when its replies were unusable) and gives no data.")
+    retry_base_delay: float = Field(0.5, ge=0, description="Seconds before the first retry; each further one "
+                                    "waits up to twice as long (randomly between half and all of that), up to "
+                                    "retry_max_delay. A 429 or 503 with Retry-After waits what it says.")
+    retry_max_delay: float = Field(8.0, ge=0, description="Longest backoff between two tries, in seconds.")
+    timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned (and retried).")
 
 
 class Unusable(Exception):
@@ -90,6 +108,7 @@ def http_transport():
     with dozens of requests in flight that CPU is what bounds throughput."""
     if importlib.util.find_spec("aiohttp") is None:
         return None
+    import openai
     return openai.DefaultAioHttpClient()
 
 
@@ -107,7 +126,7 @@ def run_blocking(coroutine):
 class OpenAITeacher:
     name = "openai"
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: OpenAITeacherConfig):
         if not cfg.base_url:
             raise TeacherError("teacher.base_url is required for kind=openai")
         self.cfg = cfg
@@ -125,6 +144,7 @@ class OpenAITeacher:
         return run_blocking(_Batch(self, requests, on_reply).run()) if requests else []
 
     def _client(self) -> openai.AsyncOpenAI:
+        import openai
         return openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env, "none"),
                                   max_retries=0, timeout=self.cfg.timeout, http_client=http_transport())
 
@@ -137,6 +157,7 @@ class OpenAITeacher:
         The body is posted as JSON and read back as a dict: chat.completions.create would check and
         convert both through typed models, which costs about twice the CPU per request, and at a few
         dozen requests in flight the client's CPU is what bounds throughput."""
+        import openai
         try:
             completion = await client.post("/chat/completions", body=self.body(request), cast_to=object)
             return reply_text(completion), usage_of(completion)
@@ -194,6 +215,7 @@ class _Batch:
 
     async def ask(self, client, request: TeacherRequest) -> tuple[str | None, Usage]:
         """The retry loop of one request: (reply, usage), or (None, nothing) after the last try."""
+        import openai
         stats, tries = self.teacher.stats, self.teacher.cfg.max_retries + 1
         for attempt in range(tries):
             try:
@@ -221,3 +243,8 @@ class _Batch:
         if self.answered == 0 and self.lost >= min(len(self.requests), cfg.concurrency):
             raise TeacherError(f"teacher {cfg.base_url} failed every request ({self.lost} of them, "
                                f"up to {cfg.max_retries + 1} tries each): {self.last_error}")
+
+
+@TEACHER.register(OpenAITeacherConfig)
+def build(cfg: OpenAITeacherConfig, task_dir: Path, student=None) -> OpenAITeacher:
+    return OpenAITeacher(cfg)

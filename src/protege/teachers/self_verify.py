@@ -3,10 +3,23 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Literal
 
-from ..evaluate.generate import generate
-from .base import TeacherRequest
+from pydantic import Field
+
+from ..config import TeacherConfig
+from ..registry import TEACHER
+from .base import TeacherError, TeacherRequest
+from .function import load_callable
+
+
+class SelfTeacherConfig(TeacherConfig):
+    kind: Literal["self"] = Field("self", description="The student samples answers and a verifier keeps the "
+                                  "first that passes (STaR, rejection sampling).")
+    samples: int = Field(4, gt=0, description="Answers sampled per input.")
+    verifier: str = Field("", description="module:attr(input, answer) -> bool that says an answer is right "
+                          "(required).")
 
 
 class SelfTeacher:
@@ -25,6 +38,7 @@ class SelfTeacher:
         if self._loaded is None:
             self._loaded = self._load()  # the student loads only when a request misses the cache
         model, tokenizer = self._loaded
+        from ..models.generate import generate  # torch: not when protege loads this file
         chats = [r.chat() for r in requests for _ in range(self.samples)]
         outs = generate(model, tokenizer, chats, self.max_new_tokens, batch_size=32,
                         temperature=self.temperature, seed=requests[0].sample if requests else 0,
@@ -42,3 +56,13 @@ class SelfTeacher:
             if on_reply:
                 on_reply(i, replies[-1])
         return replies
+
+
+@TEACHER.register(SelfTeacherConfig)
+def build(cfg: SelfTeacherConfig, task_dir: Path, student=None) -> SelfTeacher:
+    """student: (load() -> (model, tokenizer), identity) of the student that samples."""
+    if not cfg.verifier:
+        raise TeacherError("teacher.verifier (module:attr(input, answer) -> bool) is required for kind=self")
+    load, identity = student
+    return SelfTeacher(load, load_callable(cfg.verifier, task_dir), cfg.samples, max_new_tokens=cfg.max_tokens,
+                       identity=identity)

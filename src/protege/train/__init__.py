@@ -1,24 +1,69 @@
-"""Training methods, one file each (TRL-style: a trainer file reads top to bottom). `train_method`
-only picks the file that train.method names; each method takes the data it learns from:
-chat records (sft, masked-thought, cft, distill, grpo) or preference pairs (dpo)."""
+"""Training methods, one file each (TRL-style: a trainer file reads top to bottom). Each file declares
+its options (a MethodOptions, under `train.method`) and registers its entry function with
+`@TRAIN.register(Options)` (protege.registry); `train_method` only looks the method up. Adapters (what
+part of the student trains) register the same way with ADAPTER (adapters.py). Each method takes the
+data it learns from: chat records (sft, masked-thought, cft, distill, grpo) or preference pairs (dpo)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
-from ..config import TrainConfig
+from pydantic import Field
+
+from ..config import Strict, TrainConfig
+from ..registry import TRAIN
+
+
+class MethodOptions(Strict):
+    """What the loop reads of every training method's options, besides the method's own fields."""
+
+    learns_from: ClassVar[str] = "a chat record {messages}"
+    row_keys: ClassVar[tuple[str, ...]] = ("messages",)
+    # flat keys of the earlier train config -> this method's option (read with a note on stderr)
+    legacy: ClassVar[dict[str, str]] = {}
+
+
+class StartsFromSFT(MethodOptions):
+    """dpo and grpo: as in their papers, the round first trains sft and starts from that model."""
+
+    legacy: ClassVar[dict[str, str]] = {"sft_first": "sft_first", "rl_learning_rate": "learning_rate"}
+    sft_first: bool = Field(True, description="Train sft on the round's data first and start from that model.")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate; empty: 5e-5 for lora, 1e-6 "
+                                        "for hft and full (preference and RL updates move far at SFT rates).")
+
+
+@dataclass
+class TrainJob:
+    """What a training method's entry function is given."""
+
+    model_path: Path
+    data: list[dict]
+    cfg: TrainConfig
+    output_dir: Path
+    device: str = "cpu"
+    stage_seed: int = 0
+    checkpoints: Path | None = None
+    reward: Callable[[str, str, str], float] | None = None  # grpo: reward(input, completion, reference)
+    sft_records: list[dict] | None = None  # cft: the plain records mixed with the critiques
+
+
+def method_options(cfg: TrainConfig, name: str) -> MethodOptions:
+    """The options method `name` trains with: train.method's when it names that method, else the
+    method's defaults (the sft stage a dpo round starts from)."""
+    return cfg.method if cfg.method.name == name else TRAIN.make(name)
 
 
 def check_rows(rows: list[dict], method: str, source: Path) -> None:
     """Fail on the first row that is not what `method` learns from, naming the file and line,
     before any model loads."""
-    needed = ("prompt", "chosen", "rejected") if method == "dpo" else ("messages",)
+    options = TRAIN.options(method)
     for line, row in enumerate(rows, 1):
-        missing = [key for key in needed if not isinstance(row, dict) or key not in row]
+        missing = [key for key in options.row_keys if not isinstance(row, dict) or key not in row]
         if missing:
-            kind = "a preference pair {prompt, chosen, rejected}" if method == "dpo" else "a chat record {messages}"
-            raise ValueError(f"{source}:{line}: {method} trains on {kind}; this row has no {', '.join(missing)}")
+            raise ValueError(f"{source}:{line}: {method} trains on {options.learns_from}; this row has no "
+                             f"{', '.join(missing)}")
 
 
 def train_method(method: str, model_path: Path, data: list[dict], cfg: TrainConfig, output_dir: Path,
@@ -28,25 +73,5 @@ def train_method(method: str, model_path: Path, data: list[dict], cfg: TrainConf
     """Train `model_path` with `method` and save into output_dir/model; returns the training log.
     cft learns from critique records mixed with sft_records; grpo needs reward(input, completion,
     reference)."""
-    common = dict(cfg=cfg, output_dir=output_dir, device=device, stage_seed=stage_seed, checkpoints=checkpoints)
-    if method == "sft":
-        from .sft import train_sft
-        return train_sft(model_path, data, **common)
-    if method == "masked-thought":
-        from .masked_thought import train_masked_thought
-        return train_masked_thought(model_path, data, **common)
-    if method == "cft":
-        from .cft import train_cft
-        return train_cft(model_path, data, sft_records or [], **common)
-    if method == "dpo":
-        from .dpo import train_dpo
-        return train_dpo(model_path, data, **common)
-    if method == "distill":
-        from .distill import train_distill
-        return train_distill(model_path, data, **common)
-    if method == "grpo":
-        from .grpo import train_grpo
-        if reward is None:
-            raise ValueError("grpo needs a reward: the task's metric against the reference answer")
-        return train_grpo(model_path, data, reward=reward, **common)
-    raise ValueError(f"unknown train.method {method!r}")
+    job = TrainJob(model_path, data, cfg, output_dir, device, stage_seed, checkpoints, reward, sft_records)
+    return TRAIN.get(method)(job)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from trl import SFTTrainer
 
 
 def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,3 +58,33 @@ def answer_token_stats(log_probs: torch.Tensor, targets: torch.Tensor) -> dict[s
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return {"mean_token_accuracy": (log_probs.argmax(-1) == targets).float().mean().item(),
             "entropy": entropy.mean().item()}
+
+
+class AnswerLossSFTTrainer(SFTTrainer):
+    """TRL's SFTTrainer with a loss that asks the model for logits only at the answer positions.
+
+    Those logits are held whole (answer tokens x vocabulary, in float32 for the log-softmax). Past
+    `logits_budget_bytes` (a large GPU batch: 16k answer tokens of a 150k vocabulary are 9.8 GB) the
+    step goes to TRL's own loss, whose fused LM head works through the vocabulary in tiles and never
+    holds them; on a CPU its tile loop is the slower way for the few hundred answers of a batch."""
+
+    logits_budget_bytes = 2 ** 30
+
+    def answer_logit_bytes(self, labels) -> int:
+        vocabulary = self.model.get_output_embeddings().weight.shape[0]
+        return int((labels[:, 1:] != -100).sum()) * vocabulary * 4
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.answer_logit_bytes(inputs["labels"]) > self.logits_budget_bytes:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
+        outputs, logits, targets = answer_logits(model, model_inputs, inputs["labels"])
+        log_probs = answer_log_probs(logits)
+        count = len(targets) if num_items_in_batch is None else num_items_in_batch
+        loss = answer_token_loss(log_probs, targets, count)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # num_items counts every rank; DDP averages
+        mode = "train" if model.training else "eval"
+        for key, value in answer_token_stats(log_probs, targets).items():
+            self._metrics[mode][key].append(value)
+        return (loss, outputs) if return_outputs else loss

@@ -18,8 +18,9 @@ import torch
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
 from ..config import TrainConfig
+from ..registry import ADAPTER
 from . import packed_attention
-from .adapters import apply_hft, learning_rate
+from .adapters import learning_rate
 
 
 class TrainingDiverged(ValueError):
@@ -79,9 +80,7 @@ def load_trainable(model_path: Path, cfg: TrainConfig, stage_seed: int):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
                                                  attn_implementation=packed_attention.register())
-    notes = {"adapter": cfg.adapter}
-    if cfg.adapter == "hft":
-        notes["hft"] = apply_hft(model, stage_seed)
+    notes = {"adapter": cfg.adapter.name, **ADAPTER.get(cfg.adapter.name)(model, cfg.adapter, stage_seed)}
     return model, tokenizer, notes
 
 
@@ -151,6 +150,17 @@ class TokenCounter:
         if labels is not None:
             self.answer_tokens += int((labels != -100).sum())
         self.tokens += int(batch["input_ids"].numel())
+        return batch
+
+
+class PairCounter(TokenCounter):
+    """TokenCounter for preference batches: the answer tokens are those of completion_mask
+    (chosen and rejected alike); the batch carries no labels."""
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.tokens += int(batch["input_ids"].numel())
+        self.answer_tokens += int(batch["completion_mask"].sum())
         return batch
 
 

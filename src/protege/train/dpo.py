@@ -13,22 +13,27 @@ per pair in all, rather than one per pair in every epoch."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
 
 from ..config import TrainConfig
+from ..registry import TRAIN
+from . import StartsFromSFT, TrainJob, method_options
 from .adapters import peft_config
-from .common import TokenCounter, attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir, trainer_kwargs
-from .fused_lora import fuse_lora_forwards
+
+# TRL and the trainer helpers (common, fused_lora) are imported where a model trains: importing protege
+# loads every method file
 
 
-class PairCounter(TokenCounter):
-    """TokenCounter for preference batches: the answer tokens are those of completion_mask
-    (chosen and rejected alike); the batch carries no labels."""
-
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        self.tokens += int(batch["input_ids"].numel())
-        self.answer_tokens += int(batch["completion_mask"].sum())
-        return batch
+class DPOOptions(StartsFromSFT):
+    learns_from: ClassVar[str] = "a preference pair {prompt, chosen, rejected}"
+    row_keys: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
+    legacy: ClassVar[dict[str, str]] = {**StartsFromSFT.legacy, "dpo_beta": "beta", "dpo_samples": "samples"}
+    name: Literal["dpo"] = Field("dpo", description="Direct preference optimization on on-policy pairs: the "
+                                 "reference answer against the student's own wrong sample.")
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference model.")
+    samples: int = Field(4, ge=1, description="Student samples per input searched for a wrong answer.")
 
 
 def fitting_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
@@ -45,8 +50,10 @@ def fitting_pairs(tokenizer, pairs: list[dict], max_length: int) -> list[dict]:
 
 def dpo_config(cfg: TrainConfig, checkpoints: Path, device: str):
     from trl import DPOConfig
-    return DPOConfig(**trainer_kwargs(cfg, checkpoints, device), beta=cfg.dpo_beta, max_length=cfg.max_length,
-                     precompute_ref_log_probs=True)
+
+    from .common import trainer_kwargs
+    return DPOConfig(**trainer_kwargs(cfg, checkpoints, device), beta=method_options(cfg, "dpo").beta,
+                     max_length=cfg.max_length, precompute_ref_log_probs=True)
 
 
 def build_dpo_trainer(model_path: Path, pairs: list[dict], cfg: TrainConfig, output_dir: Path,
@@ -55,6 +62,8 @@ def build_dpo_trainer(model_path: Path, pairs: list[dict], cfg: TrainConfig, out
     from datasets import Dataset
     from trl import DPOTrainer
 
+    from .common import PairCounter, load_trainable, tensorboard_dir
+    from .fused_lora import fuse_lora_forwards
     if not pairs:
         raise ValueError("no preference pairs: the student answered every sampled input correctly")
     checkpoints = checkpoints or output_dir / "checkpoints"
@@ -68,16 +77,23 @@ def build_dpo_trainer(model_path: Path, pairs: list[dict], cfg: TrainConfig, out
                          peft_config=peft_config(cfg))
     fuse_lora_forwards(trainer.model)  # the plain LoRA sum in one addmm; a disabled adapter goes to peft
     trainer.data_collator = PairCounter(trainer.data_collator)
-    notes |= {"method": "dpo", "pairs": len(kept), "dropped_too_long": len(pairs) - len(kept), "beta": cfg.dpo_beta}
+    notes |= {"method": "dpo", "pairs": len(kept), "dropped_too_long": len(pairs) - len(kept),
+              "beta": trainer.args.beta}
     return trainer, tokenizer, notes
 
 
 def train_dpo(model_path: Path, pairs: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
               stage_seed: int = 0, checkpoints: Path | None = None) -> dict:
     """Train on preference pairs and save the adapter (or the whole model) into output_dir/model."""
+    from .common import attach_callbacks, fit, save_trained
     checkpoints = checkpoints or output_dir / "checkpoints"
     trainer, tokenizer, notes = build_dpo_trainer(model_path, pairs, cfg, output_dir, device, stage_seed,
                                                   checkpoints)
     attach_callbacks(trainer, trainer.data_collator)
     result = fit(trainer, checkpoints)
     return save_trained(trainer, tokenizer, output_dir, checkpoints, notes, trainer.data_collator, result)
+
+
+@TRAIN.register(DPOOptions)
+def run(job: TrainJob) -> dict:
+    return train_dpo(job.model_path, job.data, job.cfg, job.output_dir, job.device, job.stage_seed, job.checkpoints)

@@ -1,27 +1,45 @@
 """Group Relative Policy Optimization with the task's verifier as the reward, through TRL's GRPOTrainer.
 
 Each record gives a prompt (every message before its last assistant turn) and a reference (that
-turn's content). The student samples `grpo_generations` completions per prompt; each is scored by
+turn's content). The student samples `generations` completions per prompt; each is scored by
 `reward(input, completion, reference)`, and a completion's advantage is its reward against the
 mean (and spread) of its own group, so no value model is needed.
 
 Batching: `train.batch_size` counts prompts per optimizer step, as it counts examples for SFT. A
 forward pass holds `batch_size` completions, as many sequences as an SFT batch, and the step
-accumulates `grpo_generations` of them: batch_size prompts x grpo_generations completions. TRL
-generates the whole step's completions at once (its generation batch is per-device batch x
-accumulation steps = batch_size x generations), so the generation batch is a multiple of
+accumulates `generations` of them (an option of train.method grpo): batch_size prompts x generations
+completions. TRL generates the whole step's completions at once (its generation batch is per-device
+batch x accumulation steps = batch_size x generations), so the generation batch is a multiple of
 num_generations by construction and every prompt's group is complete inside one step."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar, Literal
+
+from pydantic import Field
 
 from ..config import TrainConfig
-from ..synth.records import record_input
+from ..records import record_input
+from ..registry import TRAIN
+from . import StartsFromSFT, TrainJob, method_options
 from .adapters import peft_config
-from .common import attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir, trainer_kwargs
-from .fused_lora import fuse_lora_forwards
+
+# TRL and the trainer helpers (common, fused_lora) are imported where a model trains: importing protege
+# loads every method file
+
+
+class GRPOOptions(StartsFromSFT):
+    legacy: ClassVar[dict[str, str]] = {**StartsFromSFT.legacy, "grpo_generations": "generations",
+                                        "grpo_max_completion": "max_completion", "grpo_max_steps": "max_steps",
+                                        "grpo_beta": "beta"}
+    name: Literal["grpo"] = Field("grpo", description="Group relative policy optimization with the task's "
+                                  "metric (or verifier) against the reference as the reward.")
+    generations: int = Field(4, ge=2, description="Completions sampled per prompt.")
+    max_completion: int = Field(96, ge=1, description="Longest completion sampled.")
+    max_steps: int = Field(50, description="Optimizer steps of the grpo stage (-1: train.epochs); each step "
+                           "samples batch_size x generations completions.")
+    beta: float = Field(0.0, ge=0, description="KL penalty to the reference (0: none, as in DAPO).")
 
 Reward = Callable[[str, str, str], float]
 
@@ -63,11 +81,14 @@ def reward_function(reward: Reward):
 
 def grpo_config(cfg: TrainConfig, checkpoints: Path, device: str, prompts_per_step: int):
     from trl import GRPOConfig
+
+    from .common import trainer_kwargs
+    options = method_options(cfg, "grpo")
     kwargs = trainer_kwargs(cfg, checkpoints, device)
     # per_device_train_batch_size counts completions in TRL; see the module docstring
-    kwargs |= dict(per_device_train_batch_size=prompts_per_step, gradient_accumulation_steps=cfg.grpo_generations)
-    return GRPOConfig(**kwargs, num_generations=cfg.grpo_generations,
-                      max_completion_length=cfg.grpo_max_completion, beta=cfg.grpo_beta)
+    kwargs |= dict(per_device_train_batch_size=prompts_per_step, gradient_accumulation_steps=options.generations)
+    return GRPOConfig(**kwargs, num_generations=options.generations, max_completion_length=options.max_completion,
+                      beta=options.beta)
 
 
 def train_grpo(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
@@ -76,6 +97,8 @@ def train_grpo(model_path: Path, records: list[dict], cfg: TrainConfig, output_d
     output_dir/model."""
     from trl import GRPOTrainer
 
+    from .common import attach_callbacks, fit, load_trainable, save_trained, tensorboard_dir
+    from .fused_lora import fuse_lora_forwards
     if reward is None:
         raise ValueError("grpo needs a reward: the task's verifier or metric, reward(input, completion, reference)")
     if not records:
@@ -92,6 +115,12 @@ def train_grpo(model_path: Path, records: list[dict], cfg: TrainConfig, output_d
     fuse_lora_forwards(trainer.model)  # the plain LoRA sum in one addmm; a disabled adapter goes to peft
     attach_callbacks(trainer)
     result = fit(trainer, checkpoints)
-    notes |= {"method": "grpo", "examples": len(dataset), "generations": cfg.grpo_generations,
+    notes |= {"method": "grpo", "examples": len(dataset), "generations": trainer.args.num_generations,
               "prompts_per_step": prompts_per_step}
     return save_trained(trainer, tokenizer, output_dir, checkpoints, notes, result=result)
+
+
+@TRAIN.register(GRPOOptions)
+def run(job: TrainJob) -> dict:
+    return train_grpo(job.model_path, job.data, job.cfg, job.output_dir, job.device, job.stage_seed, job.checkpoints,
+                      job.reward)

@@ -13,17 +13,22 @@ only at the positions that have a label (answer_loss.py)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
-import torch
-from trl import SFTTrainer
+from pydantic import Field
 
 from ..config import TrainConfig
+from ..registry import TRAIN
+from . import MethodOptions, TrainJob
 from .adapters import peft_config
-from .answer_loss import answer_log_probs, answer_logits, answer_token_loss, answer_token_stats
-from .common import (TokenCounter, attach_callbacks, fit, frozen_linears_to_bf16, load_trainable,
-                     norm_outputs_in_autocast_dtype, save_trained, tensorboard_dir, trainer_kwargs)
-from .fused_lora import fuse_lora_forwards
+
+# torch, TRL and the trainer helpers (common, answer_loss, fused_lora) are imported in the functions
+# that train: importing protege loads every method file
+
+
+class SFTOptions(MethodOptions):
+    name: Literal["sft"] = Field("sft", description="Supervised fine-tuning: the loss on every assistant turn "
+                                 "of the round's chat records.")
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
@@ -59,6 +64,8 @@ def tokenized_dataset(tokenizer, records: list[dict], max_length: int):
 
 def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
     from trl import SFTConfig
+
+    from .common import trainer_kwargs
     packing = {"padding-free": dict(padding_free=True, packing=False, max_length=None),
                "bfd": dict(packing=True, packing_strategy="bfd", max_length=cfg.max_length),
                "none": dict(padding_free=False, packing=False, max_length=None,
@@ -69,45 +76,19 @@ def sft_config(cfg: TrainConfig, checkpoints: Path, device: str):
     return SFTConfig(**{**trainer_kwargs(cfg, checkpoints, device), **packing})
 
 
-class AnswerLossSFTTrainer(SFTTrainer):
-    """TRL's SFTTrainer with a loss that asks the model for logits only at the answer positions.
-
-    Those logits are held whole (answer tokens x vocabulary, in float32 for the log-softmax). Past
-    `logits_budget_bytes` (a large GPU batch: 16k answer tokens of a 150k vocabulary are 9.8 GB) the
-    step goes to TRL's own loss, whose fused LM head works through the vocabulary in tiles and never
-    holds them; on a CPU its tile loop is the slower way for the few hundred answers of a batch."""
-
-    logits_budget_bytes = 2 ** 30
-
-    def answer_logit_bytes(self, labels) -> int:
-        vocabulary = self.model.get_output_embeddings().weight.shape[0]
-        return int((labels[:, 1:] != -100).sum()) * vocabulary * 4
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.answer_logit_bytes(inputs["labels"]) > self.logits_budget_bytes:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        model_inputs = {key: value for key, value in inputs.items() if key != "labels"}
-        outputs, logits, targets = answer_logits(model, model_inputs, inputs["labels"])
-        log_probs = answer_log_probs(logits)
-        loss = answer_token_loss(log_probs, targets, len(targets) if num_items_in_batch is None else num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes  # num_items counts every rank; DDP averages
-        mode = "train" if model.training else "eval"
-        for key, value in answer_token_stats(log_probs, targets).items():
-            self._metrics[mode][key].append(value)
-        return (loss, outputs) if return_outputs else loss
-
-
 def build_sft_trainer(model_path: Path, records: list[dict], cfg: TrainConfig, checkpoints: Path,
                       device: str = "cpu", stage_seed: int = 0):
     """(trainer, tokenizer, notes), ready to train: apart so that a test can run its loss."""
+    from .answer_loss import AnswerLossSFTTrainer
+    from .common import frozen_linears_to_bf16, load_trainable, norm_outputs_in_autocast_dtype
+    from .fused_lora import fuse_lora_forwards
     if not records:
         raise ValueError("no training data: every example was removed or the teacher answered none")
     model, tokenizer, notes = load_trainable(model_path, cfg, stage_seed)
     trainer = AnswerLossSFTTrainer(model=model, args=sft_config(cfg, checkpoints, device),
                                    train_dataset=tokenized_dataset(tokenizer, records, cfg.max_length),
                                    processing_class=tokenizer, peft_config=peft_config(cfg))
-    if cfg.adapter == "lora":
+    if cfg.adapter.name == "lora":
         fuse_lora_forwards(trainer.model)
         if trainer.args.bf16:
             frozen_linears_to_bf16(trainer.model)
@@ -121,6 +102,7 @@ def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_di
     """Train on chat records and save the adapter (or the whole model) into output_dir/model.
     `wrap_collator(collator, tokenizer)` lets a variant (masked-thought) change each batch;
     `notes` go into the training log (a variant's name and settings)."""
+    from .common import TokenCounter, attach_callbacks, fit, save_trained, tensorboard_dir
     checkpoints = checkpoints or output_dir / "checkpoints"
     tensorboard_dir(output_dir)
     trainer, tokenizer, loaded = build_sft_trainer(model_path, records, cfg, checkpoints, device, stage_seed)
@@ -130,3 +112,8 @@ def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_di
     result = fit(trainer, checkpoints)
     notes = {**loaded, "method": "sft", "examples": len(records), **(notes or {})}
     return save_trained(trainer, tokenizer, output_dir, checkpoints, notes, counter, result)
+
+
+@TRAIN.register(SFTOptions)
+def run(job: TrainJob) -> dict:
+    return train_sft(job.model_path, job.data, job.cfg, job.output_dir, job.device, job.stage_seed, job.checkpoints)

@@ -1,4 +1,5 @@
-"""Task metrics, selectable by name in the task YAML: one file per metric, each registered here.
+"""Task metrics, selectable by name in the task YAML: one file per metric, which declares its options
+model (a MetricConfig) and registers the metric with `@METRIC.register(Options)` (protege.registry).
 
 Every metric is `fn(prediction, reference, cfg: MetricConfig, tests="") -> (score in [0, 1], details)`,
 where details is a JSON-serializable dict. A bad prediction (empty, huge, not UTF-8, not JSON) scores
@@ -11,23 +12,17 @@ import re
 from typing import Callable
 
 from ...config import MetricConfig
+from ...registry import METRIC
 
 Metric = Callable[[str, str, MetricConfig, str], tuple[float, dict]]
-METRICS: dict[str, Metric] = {}
 
 # Lone surrogates are what a decoder leaves for bytes that were not UTF-8; no UTF-8 file can hold them
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def register(name: str) -> Callable[[Metric], Metric]:
-    def add(fn: Metric) -> Metric:
-        METRICS[name] = fn
-        return fn
-    return add
-
-
 def as_metric(metric: MetricConfig | str) -> MetricConfig:
-    return MetricConfig(name=metric) if isinstance(metric, str) else metric
+    """A metric's options; a bare name gets that metric's defaults."""
+    return METRIC.make(metric) if isinstance(metric, str) else metric
 
 
 def clean_text(text) -> str:
@@ -42,8 +37,4 @@ def clip(text: str, limit: int = 1000) -> str:
 
 def score(metric: MetricConfig | str, prediction: str, reference: str, tests: str = "") -> tuple[float, dict]:
     cfg = as_metric(metric)
-    return METRICS[cfg.name](clean_text(prediction), clean_text(reference), cfg, clean_text(tests))
-
-
-# imported last: each module registers itself with the decorator above
-from . import code_exec, exact, json_match, numeric, regex, rouge  # noqa: E402,F401
+    return METRIC.get(cfg.name)(clean_text(prediction), clean_text(reference), cfg, clean_text(tests))

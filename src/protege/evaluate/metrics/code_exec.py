@@ -24,9 +24,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from ...config import MetricConfig
-from . import register
+from ...registry import METRIC
 
 # the last fenced block; a block cut off by max_new_tokens runs to the end of the text
 FENCED = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -44,6 +47,13 @@ runpy.run_path("program.py", run_name="__main__")
 OUTPUT_LIMIT_BYTES = 16 << 20
 STDERR_TAIL = 2000
 UNSHARE = ["unshare", "--net", "--map-root-user"]
+
+
+class CodeMetric(MetricConfig):
+    name: Literal["code"] = Field("code", description="The answer's code passes the item's tests (or runs the "
+                                  "reference as the test), in a sandboxed Python process.")
+    timeout: float = Field(5.0, gt=0, description="Seconds one program may run.")
+    memory_mb: int = Field(512, gt=0, description="Address-space limit of one program, in MiB.")
 
 
 def extract_code(prediction: str) -> str:
@@ -106,7 +116,7 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def run_program(source: str, cfg: MetricConfig) -> dict:
+def run_program(source: str, cfg: CodeMetric) -> dict:
     with tempfile.TemporaryDirectory(prefix="protege-code-", ignore_cleanup_errors=True) as work:
         program, stderr_path = Path(work, "program.py"), Path(work, "stderr.txt")
         program.write_text(source, encoding="utf-8", errors="replace")
@@ -120,8 +130,8 @@ def run_program(source: str, cfg: MetricConfig) -> dict:
                 "seconds": round(time.monotonic() - started, 3), "network_namespace": network_namespace_available()}
 
 
-@register("code")
-def code_pass(prediction: str, reference: str, cfg: MetricConfig, tests: str = "") -> tuple[float, dict]:
+@METRIC.register(CodeMetric)
+def code_pass(prediction: str, reference: str, cfg: CodeMetric, tests: str = "") -> tuple[float, dict]:
     code = extract_code(prediction)
     if not code.strip():
         return 0.0, {"error": "the prediction holds no code"}

@@ -5,11 +5,28 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from typing import Literal
+
+from pydantic import Field
 
 from ...config import MetricConfig
-from . import clip, register
+from ...registry import METRIC
+from . import clip
 
 ARTICLES = re.compile(r"\b(?:a|an|the)\b", re.IGNORECASE)
+
+
+class TextNormalization(MetricConfig):
+    """How text is normalized before two strings are compared (exact, and the json metric's strings)."""
+
+    ignore_case: bool = Field(True, description="Compare case-insensitively.")
+    ignore_punctuation: bool = Field(False, description="Drop punctuation before comparing.")
+    ignore_articles: bool = Field(False, description="Drop the articles a, an, the (SQuAD style).")
+
+
+class ExactMetric(TextNormalization):
+    name: Literal["exact"] = Field("exact", description="Normalized string match: whitespace, surrounding "
+                                   "quotes and a trailing period ignored, and case unless told otherwise.")
 
 
 def strip_punctuation(text: str) -> str:
@@ -29,8 +46,8 @@ def normalize(text: str, ignore_case: bool = True, ignore_punctuation: bool = Fa
     return text.lower() if ignore_case else text
 
 
-@register("exact")
-def exact_match(prediction: str, reference: str, cfg: MetricConfig, tests: str = "") -> tuple[float, dict]:
+@METRIC.register(ExactMetric)
+def exact_match(prediction: str, reference: str, cfg: ExactMetric, tests: str = "") -> tuple[float, dict]:
     options = {"ignore_case": cfg.ignore_case, "ignore_punctuation": cfg.ignore_punctuation,
                "ignore_articles": cfg.ignore_articles}
     p, r = normalize(prediction, **options), normalize(reference, **options)

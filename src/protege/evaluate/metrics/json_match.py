@@ -4,14 +4,24 @@ field (numbers by value, strings normalized as the exact metric does)."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
-from ...config import MetricConfig
-from . import register
-from .exact import normalize
+from pydantic import Field
+
+from ...registry import METRIC
+from .exact import TextNormalization, normalize
 
 DECODER = json.JSONDecoder()
 # a huge prediction full of "{" would otherwise cost a failed parse per brace
 MAX_ATTEMPTS = 1000
+
+
+class JsonMetric(TextNormalization):
+    name: Literal["json"] = Field("json", description="Field match of JSON objects: the first object in the "
+                                  "answer against the reference's, numbers by value, strings normalized.")
+    fields: list[str] = Field(default_factory=list, description="The fields compared (empty: every field of "
+                              "the reference); the item scores the share of fields that match.")
+    all_fields: bool = Field(False, description="Score 1 only when every field matches (else the share).")
 
 
 def first_object(text: str) -> dict | None:
@@ -30,7 +40,7 @@ def first_object(text: str) -> dict | None:
     return None
 
 
-def same_value(a, b, cfg: MetricConfig) -> bool:
+def same_value(a, b, cfg: JsonMetric) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):  # True == 1 in Python, not in JSON
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -45,12 +55,12 @@ def same_value(a, b, cfg: MetricConfig) -> bool:
     return a is None and b is None
 
 
-def field_matches(predicted: dict, expected: dict, fields: list[str], cfg: MetricConfig) -> dict[str, bool]:
+def field_matches(predicted: dict, expected: dict, fields: list[str], cfg: JsonMetric) -> dict[str, bool]:
     return {f: f in predicted and f in expected and same_value(predicted[f], expected[f], cfg) for f in fields}
 
 
-@register("json")
-def json_match(prediction: str, reference: str, cfg: MetricConfig, tests: str = "") -> tuple[float, dict]:
+@METRIC.register(JsonMetric)
+def json_match(prediction: str, reference: str, cfg: JsonMetric, tests: str = "") -> tuple[float, dict]:
     expected = first_object(reference)
     if expected is None:
         return 0.0, {"error": "the reference holds no JSON object"}

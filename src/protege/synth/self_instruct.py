@@ -5,9 +5,31 @@ of which enough must agree (Ensemble-Instruct, ensemble.py)."""
 from __future__ import annotations
 
 import random
+from typing import Literal
 
+from pydantic import Field
+
+from ..config import Strict, TeacherOptions
+from ..registry import SYNTH
 from ..teachers import TeacherRequest, load_callable
-from .records import record_input
+from ..records import record_input
+
+
+class SelfInstructStep(Strict):
+    name: Literal["self-instruct"] = Field("self-instruct", description="Seed expansion (Self-Instruct): the "
+                                           "teacher writes new inputs from k random examples, then answers them.")
+    n: int = Field(50, ge=0, description="New inputs asked for.")
+    seeds_per_prompt: int = Field(3, gt=0, description="k examples (seeds, unlabeled inputs and the inputs of "
+                                  "the data so far) shown per request, drawn at random.")
+    ensemble: list[TeacherOptions] = Field(default_factory=list, description="Ensemble-Instruct: more teachers "
+                                          "that answer every new input beside the task's teacher; an input is "
+                                          "kept only when min_agree answers agree. Empty: no ensemble.")
+    min_agree: int = Field(2, ge=1, description="Answers (the task teacher's included) that must agree for an "
+                           "input to be kept; the answer kept is the one most others agree with.")
+    agreement: Literal["metric", "rouge-l"] = Field(
+        "metric", description="When two answers agree: metric: each scores at least threshold against the "
+        "other by the task's metric; rouge-l: their ROUGE-L F1 is at least threshold.")
+    threshold: float = Field(0.7, gt=0, le=1, description="Agreement threshold (see agreement).")
 
 
 def inputs_from_generator(spec: str, task_dir, n: int, seed: int) -> list[str]:
@@ -25,7 +47,8 @@ def inputs_from_teacher(teacher, instruction: str, pool: list[str], n: int, k: i
     return [r for r in teacher.complete(requests) if r]
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(SelfInstructStep)
+def run(records: list[dict], step: SelfInstructStep, ctx) -> list[dict]:
     """The self-instruct step: step.n new inputs written from k random inputs of the data so far,
     answered by the task's teacher or, with step.ensemble, kept only where the teachers agree."""
     from .ensemble import agreement, ensemble_label

@@ -10,10 +10,30 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Literal
 
+from pydantic import Field
+
+from ..config import Strict
 from ..evaluate.metrics.exact import normalize
+from ..registry import SYNTH
 from ..teachers import TeacherRequest
-from .records import record_input, sft_record
+from ..records import record_input, sft_record
+
+
+class EvolInstructStep(Strict):
+    name: Literal["evol-instruct"] = Field("evol-instruct", description="Evol-Instruct: the teacher rewrites "
+                                           "inputs deeper, more constrained or more varied, then answers them.")
+    n: int = Field(50, ge=0, description="Inputs evolved per generation, drawn at random from the data so far "
+                   "(the first generation) or from the previous generation's survivors.")
+    generations: int = Field(1, ge=1, description="Rounds of evolution; each rewrites the last one's survivors "
+                             "again (the paper runs 4).")
+    kinds: list[Literal["constraints", "deepen", "concretize", "reasoning", "breadth"]] = Field(
+        default_factory=lambda: ["constraints", "deepen", "concretize", "reasoning", "breadth"],
+        description="Rewrites drawn from, one at random per input: constraints (add a requirement), deepen "
+        "(ask more deeply), concretize (specific concepts), reasoning (more steps), breadth (a new, rarer input "
+        "of the same kind).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature of the rewrites.")
 
 COPIED = ("given prompt", "rewritten prompt", "created prompt")
 SORRY_WORDS = 80  # the paper: a reply that says sorry in under 80 words is the teacher struggling
@@ -78,7 +98,8 @@ def generation_records(ctx, step, parents: list[str], generation: int, rng: rand
     return records
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(EvolInstructStep)
+def run(records: list[dict], step: EvolInstructStep, ctx) -> list[dict]:
     from .registry import task_items
     rng = random.Random(ctx.step_seed)
     parents = [text for text, _ in task_items(records, 0, ctx.step_seed)]

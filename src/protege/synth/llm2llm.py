@@ -2,15 +2,27 @@
 teacher writes new inputs like it; the teacher then answers them. A new input that repeats a test
 input, the failure it imitates, or another new input is dropped: the teacher may copy what it is
 shown, and a test item must never become training data. Between rounds the loop mines the trained
-student's failures (pipeline.mine_failures); the llm2llm step does the same in round 0 with the
+student's failures (loop/data.py, mine_failures); the llm2llm step does the same in round 0 with the
 base student on the data so far."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Literal
+
+from pydantic import Field
 
 from ..evaluate.metrics.exact import normalize
+from ..registry import SYNTH
 from ..teachers import TeacherRequest
+from .registry import StudentSampledStep
+
+
+class LLM2LLMStep(StudentSampledStep):
+    name: Literal["llm2llm"] = Field("llm2llm", description="LLM2LLM in round 0: the teacher writes new inputs "
+                                     "like the ones the base student gets wrong, then answers them.")
+    samples: int = Field(1, ge=1, description="Answers sampled per input; an input is a failure when any is wrong.")
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature (0: one greedy answer).")
+    per_failure: int = Field(2, ge=1, description="New inputs the teacher writes per failure.")
 
 
 def inputs_like_failures(teacher, instruction: str, failures: list[str], per_failure: int, round_: int,
@@ -31,12 +43,13 @@ def inputs_like_failures(teacher, instruction: str, failures: list[str], per_fai
     return pairs
 
 
-def run(records: list[dict], step, ctx) -> list[dict]:
+@SYNTH.register(LLM2LLMStep)
+def run(records: list[dict], step: LLM2LLMStep, ctx) -> list[dict]:
     """The llm2llm step: the base student answers records of the data so far; the teacher writes
     step.per_failure new inputs like each one it got wrong, and answers them."""
     from .label import label_inputs
     from .registry import student_answers, task_items, verifier
-    from .records import record_input
+    from ..records import record_input
     items = task_items(records, step.items, ctx.step_seed)
     is_right = verifier(step.verifier, ctx)
     samples = student_answers(ctx, step.name, items, step.samples, step.temperature)
