@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_task
+from .registry import ADAPTER, REGISTRIES, TRAIN, docs_tables
 from .runs import write_json
 
 
@@ -48,9 +49,9 @@ def cmd_train(args) -> int:
     from .loop.training import train_round
     from .runs import is_main_process
     task = load_task(args.task, args.set)
-    if args.adapter:
+    if args.adapter and args.adapter != task.spec.train.adapter.name:  # the same one keeps its options
         task.spec.train.adapter = args.adapter
-    if args.method:
+    if args.method and args.method != task.spec.train.method.name:
         task.spec.train.method = args.method
     state = prepare(task, _run_dir(args, task))
     if args.data:
@@ -157,6 +158,32 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    """Every registered method of each kind (or of KIND) with its options; --write regenerates the
+    tables between the registry markers of a markdown file."""
+    if args.write:
+        path = Path(args.write)
+        path.write_text(docs_tables(path.read_text(encoding="utf-8")), encoding="utf-8")
+        print(f"tables written: {path}")
+        return 0
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        registry = REGISTRIES[kind]
+        print(f"## {kind}\n\n{registry.markdown()}" if args.markdown else registry.text())
+    return 0
+
+
+def add_methods_parser(sub) -> None:
+    p = sub.add_parser("methods", help="list every method a task YAML can name, with its options",
+                       description="list the registered methods of each kind (synth, curate, train, adapter, "
+                       "metric, merge, teacher) with their options, types, defaults and descriptions")
+    p.add_argument("kind", nargs="?", choices=list(REGISTRIES), help="only this kind")
+    p.add_argument("--markdown", action="store_true", help="markdown tables, as docs/methods.md holds them")
+    p.add_argument("--write", metavar="FILE", help="regenerate the tables between FILE's <!-- registry:KIND --> "
+                   "markers (docs/methods.md)")
+    p.set_defaults(fn=cmd_methods)
+
+
 def add_merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="merge models or LoRA adapters as a mergekit-style YAML says",
                        description="merge (linear, task_arithmetic, ties, dare_linear, breadcrumbs, lines) the "
@@ -257,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_export_parser(sub)
     add_merge_parser(sub)
+    add_methods_parser(sub)
     for name, (fn, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("task", help="task directory (holding task.yaml) or a task YAML file")
@@ -267,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--data", help="JSONL to train on: chat records, or for dpo preference pairs "
                            "{prompt, chosen, rejected}, for cft critique records (default: the task's data)")
-            p.add_argument("--method", choices=["sft", "masked-thought", "cft", "dpo", "distill", "grpo"],
+            p.add_argument("--method", choices=TRAIN.names(),
                            help="override train.method")
-            p.add_argument("--adapter", choices=["lora", "hft", "full"], help="override train.adapter")
+            p.add_argument("--adapter", choices=ADAPTER.names(), help="override train.adapter")
         if name == "eval":
             p.add_argument("--model", help="trained model or adapter directory (default: the base student)")
             p.add_argument("--forgetting", action="store_true", help="also run the general-ability probe and "
