@@ -7,7 +7,7 @@ message), greedy, at most --max-new-tokens each, with the same model object in t
 
 - per-item loop: for each prompt, model.generate on that prompt's token ids alone (no padding), greedy,
   stopping at the tokenizer's EOS: what one writes without thinking about speed.
-- protege: protege.evaluate.generate.generate(model, tokenizer, chats, max_new_tokens, batch_size):
+- protege: protege.models.generate.generate(model, tokenizer, chats, max_new_tokens, batch_size):
   prompts sorted by length, batches with left padding and a KV cache, the prompts' shared prefix
   encoded once.
 
@@ -36,9 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from protege.config import load_task  # noqa: E402
 from protege.config import EvalConfig
-from protege.evaluate.generate import chat_prompts, generate  # noqa: E402
-from protege.evaluate.task_eval import task_chat  # noqa: E402
-from protege.evaluate.vllm_generate import wants_vllm  # noqa: E402
+from protege.models.generate import chat_prompts, generate  # noqa: E402
+from protege.records import task_chat  # noqa: E402
+from protege.models.vllm_generate import wants_vllm  # noqa: E402
 from protege.models import load_model, model_dir, pick_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from protege.evaluate.generate import chat_prompts, generate, shared_prefix
-from protege.evaluate.vllm_generate import WEIGHTS_DIR_ATTR, sampling_options, use_vllm, wants_vllm
+from protege.models.generate import chat_prompts, generate, shared_prefix
+from protege.models.vllm_generate import WEIGHTS_DIR_ATTR, sampling_options, use_vllm, wants_vllm
 from protege.models import load_model
 from protege.models.tiny import build_tiny
 

@@ -14,7 +14,7 @@ import torch
 import uvicorn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from protege.evaluate.generate import batch_inputs, chat_prompts
+from protege.models.generate import batch_inputs, chat_prompts
 from protege.models import load_model
 from protege.models.tiny import build_tiny
 from protege.serve import build_app

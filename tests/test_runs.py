@@ -3,7 +3,7 @@ from protege.curate.dedup import dedup
 import pytest
 
 from protege.runs import Run, digest, read_jsonl, write_jsonl
-from protege.synth.records import sft_record
+from protege.records import sft_record
 
 
 def test_stage_builds_once_and_never_leaves_a_half_stage(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_serve import varied_tiny
 
-from protege.evaluate.generate import chat_prompts
+from protege.models.generate import chat_prompts
 from protege.models import load_model
 from protege.serve.batching import Batcher, Job, batches, generate_batch
 

@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from protege.config import TrainConfig
-from protege.evaluate.generate import generate
-from protege.evaluate.task_eval import task_chat
+from protege.models.generate import generate
+from protege.records import task_chat
 from protege.models import load_model, model_dir
-from protege.synth.preference_pairs import preference_pairs, sample_student
+from protege.models.generate import sample_student
+from protege.synth.preference_pairs import preference_pairs
 from protege.train.adapters import group_name
 from protege.train.dpo import build_dpo_trainer, train_dpo
 from protege.train.fused_lora import fused_lora_forward

@@ -2,10 +2,11 @@ import torch
 from safetensors.torch import load_file
 
 from protege.config import EvalConfig, Example, TrainConfig
-from protege.evaluate.generate import generate
-from protege.evaluate.task_eval import evaluate_model, task_chat
+from protege.models.generate import generate
+from protege.evaluate.task_eval import evaluate_model
+from protege.records import task_chat
 from protege.models import load_model, model_dir
-from protege.synth.records import sft_record
+from protege.records import sft_record
 from protege.train.sft import train_sft
 
 

@@ -240,7 +240,7 @@ def test_fused_lora_leaves_everything_but_the_plain_sum_to_peft():
 
 def test_sft_trainer_gets_the_fused_lora_forward(tmp_path):
     from protege.config import TrainConfig
-    from protege.synth.records import sft_record
+    from protege.records import sft_record
     from protege.train.sft import build_sft_trainer
 
     records = [sft_record("Convert.", "March 1, 2020", "2020-03-01", "seed", 0)]
@@ -283,7 +283,7 @@ def test_answer_logits_past_the_budget_go_to_trls_fused_loss(tmp_path, monkeypat
     from trl import SFTTrainer
 
     from protege.config import TrainConfig
-    from protege.synth.records import sft_record
+    from protege.records import sft_record
     from protege.train.sft import build_sft_trainer
 
     records = [sft_record("Convert.", f"March {i}, 2020", f"2020-03-{i:02d}", "seed", 0) for i in range(1, 5)]

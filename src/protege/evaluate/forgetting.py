@@ -192,7 +192,7 @@ def stratified_sample(items: list[dict], limit: int, seed: int) -> list[dict]:
 
 def run_probe(model, tokenizer, items: list[dict], batch_size: int = 32, max_new_tokens: int = 48) -> list[dict]:
     """One greedy answer per probe item, as a user would ask it (no system message), and its verdict."""
-    from .generate import generate
+    from ..models.generate import generate
     chats = [[{"role": "user", "content": item["prompt"]}] for item in items]
     answers = generate(model, tokenizer, chats, max_new_tokens, batch_size, desc="forgetting probe")
     return [{"id": item["id"], "category": item["category"], "prompt": item["prompt"], "answer": answer,

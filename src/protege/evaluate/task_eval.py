@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from ..config import EvalConfig, Example, MetricConfig
 from .bootstrap import bootstrap_ci, pass_at_k
-from .generate import generate
+from ..models.generate import generate
+from ..records import task_chat
 from .metrics import as_metric, clean_text, score
-
-
-def task_chat(instruction: str, text: str) -> list[dict]:
-    """The prompt the student sees, in training and in evaluation alike."""
-    chat = [{"role": "system", "content": instruction}] if instruction else []
-    return chat + [{"role": "user", "content": text}]
 
 
 def item_record(index: int, item: Example, samples: list[str], metric: MetricConfig) -> dict:

@@ -50,7 +50,7 @@ def load_model(directory: Path, device: str = "cpu", adapter: Path | None = None
     if adapter is None or not is_adapter(adapter):
         # the weights are exactly a directory's, so vLLM (where present) may load that directory;
         # a merged-in-memory adapter has no such directory and stays on transformers
-        from ..evaluate.vllm_generate import WEIGHTS_DIR_ATTR
+        from .vllm_generate import WEIGHTS_DIR_ATTR
         setattr(model, WEIGHTS_DIR_ATTR, Path(adapter or directory))
     return model.to(device).eval(), tokenizer
 

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..evaluate.generate import chat_prompts
+from ..models.generate import chat_prompts
 from .batching import Batcher, Generation
 from .proxy import ProxySpec
 

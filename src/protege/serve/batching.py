@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..evaluate.generate import batch_inputs, sampling_kwargs
+from ..models.generate import batch_inputs, sampling_kwargs
 
 LIMIT_SPREAD = 2
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..teachers import TeacherRequest
-from .records import sft_record
+from ..records import sft_record
 
 
 def label_inputs(teacher, instruction: str, inputs: list[str], source: str, round_: int,

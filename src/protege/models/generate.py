@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..records import task_chat
 from . import vllm_generate
 
 
@@ -80,3 +82,24 @@ def generate(model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32
                 replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
             bar.update(len(chunk))
     return replies
+
+
+def sample_student(model, tokenizer, chats: list[list[dict]], k: int, temperature: float, max_new_tokens: int,
+                   seed: int, batch_size: int = 32) -> list[list[str]]:
+    """k sampled answers per chat. The chats are repeated k times in one generate call rather than
+    generated k times: generate sorts prompts by length, so the k copies of a prompt share batches
+    with no padding between them, and the batches stay full even when there are few chats."""
+    if temperature <= 0:  # greedy decoding gives k equal answers: generate them once
+        return [[reply] * k for reply in generate(model, tokenizer, chats, max_new_tokens, batch_size,
+                                                  seed=seed, desc="sample")]
+    repeated = [chat for chat in chats for _ in range(k)]
+    replies = generate(model, tokenizer, repeated, max_new_tokens, batch_size, temperature=temperature,
+                       seed=seed, desc="sample")
+    return [replies[i * k:(i + 1) * k] for i in range(len(chats))]
+
+
+def sample_answers(model, tokenizer, instruction: str, items: Sequence[tuple[str, str | None]], k: int,
+                   temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
+    """k answers of a student per (input, reference) item, sampled on the prompt it sees in training."""
+    chats = [task_chat(instruction, text) for text, _ in items]
+    return sample_student(model, tokenizer, chats, k, temperature, max_new_tokens, seed)

@@ -1,11 +1,17 @@
-"""The SFT record of DESIGN.md: {id, messages, meta{source, round}}."""
+"""The SFT record (docs/architecture.md), {id, messages, meta{source, round}}, and the prompt the student sees:
+what every stage reads and writes, so it sits beside config and runs."""
 
 from __future__ import annotations
 
 import random
 
-from ..evaluate.task_eval import task_chat
-from ..runs import digest
+from .runs import digest
+
+
+def task_chat(instruction: str, text: str) -> list[dict]:
+    """The prompt the student sees, in training and in evaluation alike."""
+    chat = [{"role": "system", "content": instruction}] if instruction else []
+    return chat + [{"role": "user", "content": text}]
 
 
 def sft_record(instruction: str, text: str, answer: str, source: str, round_: int, **meta) -> dict:
