@@ -82,9 +82,10 @@ class Registry:
 
     def union(self) -> Any:
         """The options models of every method as one pydantic type, told apart by the key field;
-        a bare name stands for the method with default options."""
+        a bare name stands for the method with default options. The registry itself rides along as
+        metadata (pydantic ignores it), so the docs can name the field's type by its kind."""
         models = tuple(self.options(name) for name in self.names())
-        return Annotated[Union[models], Field(discriminator=self.key), BeforeValidator(self.expand)]
+        return Annotated[Union[models], Field(discriminator=self.key), BeforeValidator(self.expand), self]
 
     def expand(self, value: Any) -> Any:
         """`exact` -> {name: exact}; a mapping without the key gets the default, where there is one."""
@@ -142,9 +143,8 @@ def type_text(annotation: Any) -> str:
     if origin in (list, tuple, dict):
         return f"{origin.__name__}[{', '.join(type_text(arg) for arg in args)}]"
     if origin is Annotated:
-        unions = [m.func.__self__ for m in annotation.__metadata__
-                  if isinstance(getattr(getattr(m, "func", None), "__self__", None), Registry)]
-        return unions[0].kind if unions else type_text(args[0])
+        registry = next((m for m in annotation.__metadata__ if isinstance(m, Registry)), None)
+        return registry.kind if registry else type_text(args[0])
     if annotation is type(None):
         return "None"
     return getattr(annotation, "__name__", str(annotation))
