@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import EvalConfig, MetricConfig, TaskSpec, TrainConfig
-from ..models import is_adapter, load_model, model_dir, save_merged
+from ..models import is_adapter, load_model, save_merged
 from ..runs import digest, read_jsonl, write_json, write_jsonl
 from ..records import record_answer, record_input, sample_task_records
 from .stage import StageInputs, stage, teacher_stage
@@ -28,20 +28,21 @@ def train_round(state: RunState, round_: int, train_file: Path, synthesized_pair
                 given: bool = False) -> Path:
     """Train round `round_` and return the stage folder whose model/ is the round's student.
     `given`: train_file already holds the method's own data (pairs for dpo, critiques for cft);
-    synthesized_pairs: preference pairs a synthesis method made, which dpo learns from too."""
-    cfg = state.spec.train
-    method, start = cfg.method.name, state.base
-    if method in ("dpo", "grpo") and cfg.method.sft_first and not (given and method == "dpo"):
+    synthesized_pairs: preference pairs a synthesis method made, which a pairs method learns from too.
+    What runs first is what the method's options declare (train.MethodOptions), not its name."""
+    options = state.spec.train.method
+    method, start = options.name, state.base
+    if options.starts_from_sft() and not (given and options.data_stage == "pairs"):
         sft = train_stage(state, f"train-r{round_}", "sft", start, train_file, round_)
         start = full_model(state, sft, round_)
-    if method == "dpo" and not given:
+    if given or options.data_stage == "records":
+        name = f"{method}-r{round_}" if start != state.base else f"train-r{round_}"
+        return train_stage(state, name, method, start, train_file, round_)
+    if options.data_stage == "pairs":
         pairs = pairs_stage(state, round_, start, train_file, synthesized_pairs)
-        return train_stage(state, f"dpo-r{round_}", "dpo", start, pairs, round_)
-    if method == "cft" and not given:
-        critiques = critique_stage(state, round_, train_file)
-        return train_stage(state, f"train-r{round_}", "cft", start, critiques, round_, sft_file=train_file)
-    name = f"{method}-r{round_}" if start != state.base else f"train-r{round_}"
-    return train_stage(state, name, method, start, train_file, round_)
+        return train_stage(state, f"{method}-r{round_}", method, start, pairs, round_)
+    critiques = critique_stage(state, round_, train_file)
+    return train_stage(state, f"train-r{round_}", method, start, critiques, round_, sft_file=train_file)
 
 
 @dataclass(frozen=True)
@@ -90,21 +91,15 @@ def write_trained(out: Path, state: RunState, inputs: TrainInputs, start: ModelR
 
 def method_config(spec: TaskSpec, method: str, task_dir: Path) -> TrainConfig:
     """The train config one method's stage trains with: the shared train fields and that method's own
-    options only (train.method's when it names the method, else its defaults); dpo's and grpo's own
-    learning rate, grpo's step count, the curriculum's order, paths resolved against the task directory."""
+    options only (train.method's when it names the method, else its defaults), as the method's options
+    adjust it (their own learning rate, step count, resolved paths), in the curriculum's order when the
+    curation ends with one."""
     from ..train import method_options
     options = method_options(spec.train, method)
     cfg = spec.train.model_copy(update={"method": options})
     if any(step.name == "curriculum" for step in spec.curate.root):
         cfg = cfg.model_copy(update={"data_order": "as-given"})
-    if method in ("dpo", "grpo"):
-        rate = options.learning_rate or (5e-5 if cfg.adapter.name == "lora" else 1e-6)
-        steps = options.max_steps if method == "grpo" else cfg.max_steps
-        return cfg.model_copy(update={"learning_rate": rate, "max_steps": steps})
-    if method == "distill" and options.teacher:
-        teacher = str(model_dir(options.teacher, task_dir))
-        return cfg.model_copy(update={"method": options.model_copy(update={"teacher": teacher})})
-    return cfg
+    return options.stage_config(cfg, task_dir)
 
 
 def task_reward(metric: MetricConfig) -> Callable[[str, str, str], float]:
@@ -154,12 +149,9 @@ class PairsInputs(StageInputs):
 def pairs_stage(state: RunState, round_: int, start: ModelRef, train_file: Path, synthesized: Path | None) -> Path:
     """On-policy pairs: the reference answer against the starting model's own wrong sample; in round 0
     also the pairs a preference-pairs synthesis step made."""
-    from ..train import method_options
     spec = state.spec
-    inputs = PairsInputs(start.identity, train_file, method_options(spec.train, "dpo").samples, spec.synth.mine_size,
-                         spec.metric,
-                         spec.eval, spec.train.seed + round_, spec.instruction,
-                         synthesized if round_ == 0 else None)
+    inputs = PairsInputs(start.identity, train_file, spec.train.method.samples, spec.synth.mine_size, spec.metric,
+                         spec.eval, spec.train.seed + round_, spec.instruction, synthesized if round_ == 0 else None)
 
     def build(out: Path) -> None:
         from ..synth.preference_pairs import preference_pairs
@@ -190,9 +182,8 @@ class CritiqueInputs(StageInputs):
 
 def critique_stage(state: RunState, round_: int, train_file: Path) -> Path:
     """The teacher critiques the student's own samples and the reference answers (CFT data)."""
-    from ..train import method_options
     spec = state.spec
-    k = method_options(spec.train, "cft").candidates
+    k = spec.train.method.candidates
     inputs = CritiqueInputs(state.teacher.backend.identity(), train_file, state.base.identity, k,
                             spec.synth.mine_size, state.budget.left // (k + 1), spec.eval, spec.train.seed + round_,
                             spec.instruction, round_)

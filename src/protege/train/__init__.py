@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,12 +17,26 @@ from ..registry import TRAIN
 
 
 class MethodOptions(Strict):
-    """What the loop reads of every training method's options, besides the method's own fields."""
+    """What the loop reads of every training method's options, besides the method's own fields: what
+    data the method learns from, whether it starts from an SFT model, and the train config of its
+    stage. The loop asks these, never the method's name, so a new method is one file."""
 
     learns_from: ClassVar[str] = "a chat record {messages}"
     row_keys: ClassVar[tuple[str, ...]] = ("messages",)
+    # what a round makes for the method to learn from: the round's chat records as they are, preference
+    # pairs of the reference against the start model's own wrong samples (the options then have
+    # `samples`), or the teacher's critiques of candidate answers (the options then have `candidates`)
+    data_stage: ClassVar[Literal["records", "pairs", "critiques"]] = "records"
     # flat keys of the earlier train config -> this method's option (read with a note on stderr)
     legacy: ClassVar[dict[str, str]] = {}
+
+    def starts_from_sft(self) -> bool:
+        """Whether a round first trains sft on its records and starts from that model."""
+        return False
+
+    def stage_config(self, cfg: TrainConfig, task_dir: Path) -> TrainConfig:
+        """The train config this method's stage trains with (cfg.method is these options)."""
+        return cfg
 
 
 class StartsFromSFT(MethodOptions):
@@ -32,6 +46,14 @@ class StartsFromSFT(MethodOptions):
     sft_first: bool = Field(True, description="Train sft on the round's data first and start from that model.")
     learning_rate: float | None = Field(None, gt=0, description="Peak learning rate; empty: 5e-5 for lora, 1e-6 "
                                         "for hft and full (preference and RL updates move far at SFT rates).")
+
+    def starts_from_sft(self) -> bool:
+        return self.sft_first
+
+    def stage_config(self, cfg: TrainConfig, task_dir: Path) -> TrainConfig:
+        """Its own learning rate instead of the SFT one."""
+        rate = self.learning_rate or (5e-5 if cfg.adapter.name == "lora" else 1e-6)
+        return cfg.model_copy(update={"learning_rate": rate})
 
 
 @dataclass

@@ -19,6 +19,7 @@ from .sft import train_sft
 
 class CFTOptions(MethodOptions):
     legacy: ClassVar[dict[str, str]] = {"cft_ratio": "ratio", "cft_candidates": "candidates"}
+    data_stage: ClassVar[str] = "critiques"
     name: Literal["cft"] = Field("cft", description="Critique fine-tuning: learn to write the teacher's critiques "
                                  "of candidate answers (the student's own samples and the reference).")
     ratio: float = Field(1.0, gt=0, le=1, description="Share of critique examples in the mix; the rest are plain "

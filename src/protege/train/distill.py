@@ -55,6 +55,13 @@ class DistillOptions(MethodOptions):
                          "(on-policy); TRL's GKDConfig.lmbda.")
     beta: float = Field(0.5, ge=0, le=1, description="gkd: interpolation of the generalized JSD.")
 
+    def stage_config(self, cfg: TrainConfig, task_dir: Path) -> TrainConfig:
+        """The teacher model resolved against the task directory."""
+        if not self.teacher:
+            return cfg
+        return cfg.model_copy(update={"method": self.model_copy(update={"teacher": str(model_dir(self.teacher,
+                                                                                                 task_dir))})})
+
 
 # loss -> (lmbda, beta) of TRL's GKDConfig; gkd reads both from the options
 LOSSES = {"forward-kl": (0.0, 0.0), "reverse-kl": (1.0, 1.0)}

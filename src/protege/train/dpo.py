@@ -29,6 +29,7 @@ from .adapters import peft_config
 class DPOOptions(StartsFromSFT):
     learns_from: ClassVar[str] = "a preference pair {prompt, chosen, rejected}"
     row_keys: ClassVar[tuple[str, ...]] = ("prompt", "chosen", "rejected")
+    data_stage: ClassVar[str] = "pairs"
     legacy: ClassVar[dict[str, str]] = {**StartsFromSFT.legacy, "dpo_beta": "beta", "dpo_samples": "samples"}
     name: Literal["dpo"] = Field("dpo", description="Direct preference optimization on on-policy pairs: the "
                                  "reference answer against the student's own wrong sample.")

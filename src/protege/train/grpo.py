@@ -41,6 +41,10 @@ class GRPOOptions(StartsFromSFT):
                            "samples batch_size x generations completions.")
     beta: float = Field(0.0, ge=0, description="KL penalty to the reference (0: none, as in DAPO).")
 
+    def stage_config(self, cfg: TrainConfig, task_dir: Path) -> TrainConfig:
+        """Its own learning rate and its own step count."""
+        return super().stage_config(cfg, task_dir).model_copy(update={"max_steps": self.max_steps})
+
 Reward = Callable[[str, str, str], float]
 
 
