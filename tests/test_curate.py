@@ -21,7 +21,7 @@ from protege.curate.embeddings import nearest
 from protege.curate.student_loss import ifd as ifd_score
 from protege.curate.student_loss import mean_answer_losses, student_losses, without_question
 from protege.evaluate.forgetting import PROBE_FILE
-from protege.evaluate.metrics.exact import normalize
+from protege.records import normalize
 from protege.models import load_model
 from protege.models.tiny import build_tiny
 from protege.records import record_input, sft_record

@@ -8,7 +8,7 @@ from protege.config import EvalConfig, Example, MetricConfig
 from protege.evaluate.metrics import code_exec, score
 from protege.registry import METRIC
 from protege.evaluate.metrics.code_exec import extract_code
-from protege.evaluate.metrics.exact import normalize
+from protege.records import normalize
 from protege.evaluate.metrics.numeric import last_number
 from protege.evaluate.task_eval import evaluate_model, score_predictions
 

@@ -1,9 +1,12 @@
-"""The SFT record (docs/architecture.md), {id, messages, meta{source, round}}, and the prompt the student sees:
-what every stage reads and writes, so it sits beside config and runs."""
+"""What every stage reads and writes, so it sits beside config and runs: the SFT record
+(docs/architecture.md) {id, messages, meta{source, round}}, the prompt the student sees, the seeded
+sampler of task records, and the text normalization that compares answers and finds repeats."""
 
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 
 from .runs import digest
 
@@ -40,3 +43,23 @@ def sample_task_records(records: list[dict], count: int, seed: int) -> list[dict
     student is tested on to mine failures, and sampled on for dpo pairs and cft candidates."""
     answers = [r for r in records if is_task_answer(r)]
     return random.Random(seed).sample(answers, min(count, len(answers)))
+
+
+ARTICLES = re.compile(r"\b(?:a|an|the)\b", re.IGNORECASE)
+
+
+def strip_punctuation(text: str) -> str:
+    # Unicode categories P*, so that « », ¿ and the like go too, not only ASCII punctuation
+    return "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+
+
+def normalize(text: str, ignore_case: bool = True, ignore_punctuation: bool = False,
+              ignore_articles: bool = False) -> str:
+    text = " ".join(str(text).split())
+    text = text.rstrip(".").strip("\"'` ").rstrip(".")
+    if ignore_punctuation:
+        text = strip_punctuation(text)
+    if ignore_articles:
+        text = ARTICLES.sub(" ", text)
+    text = " ".join(text.split())
+    return text.lower() if ignore_case else text

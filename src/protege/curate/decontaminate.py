@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..config import Strict
-from ..evaluate.metrics.exact import normalize
+from ..records import normalize
 from ..records import record_input
 from ..registry import CURATE
 from .embeddings import Embedder, nearest

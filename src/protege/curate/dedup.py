@@ -8,14 +8,17 @@ both worth training on."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from ..config import Strict
-from ..evaluate.metrics.exact import normalize
+from ..records import normalize
 from ..records import record_answer, record_input
 from ..registry import CURATE
+
+if TYPE_CHECKING:  # imported where used: importing protege loads every step file
+    from datasketch import MinHash
 
 
 class DedupStep(Strict):

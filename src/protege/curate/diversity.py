@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -19,6 +19,9 @@ from ..config import Strict
 from ..records import record_input
 from ..registry import CURATE
 from .context import CurateContext, apply_verdicts, is_seed
+
+if TYPE_CHECKING:  # imported where used: importing protege loads every step file
+    import numpy as np
 
 
 class DiversityStep(Strict):

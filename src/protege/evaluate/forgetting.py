@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..runs import read_jsonl
 from .bootstrap import paired_difference
-from .metrics.exact import normalize
+from ..records import normalize
 from .metrics.json_match import first_object
 from .metrics.numeric import last_number
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import LoadedTask, TaskSpec, TeacherConfig
+from ..config import LoadedTask, TaskSpec
 from ..models import load_model, model_dir, pick_device
 from ..runs import Run, digest
-from ..teachers import CachedTeacher, TeacherCache, affordable, build_teacher
+from ..teachers import CachedTeacher, affordable, cached_teacher
 
 
 def say_progress(line: str) -> None:
@@ -75,11 +75,6 @@ class StudentLoader:
             self.loaded = None  # free the previous model before loading the next
             self.loaded = (adapter, *load_model(self.base, self.device, adapter))
         return self.loaded[1:]
-
-
-def cached_teacher(cfg: TeacherConfig, task_dir: Path, student: tuple | None = None) -> CachedTeacher:
-    """A teacher behind the shared SQLite cache; student: (load, identity), for the self teacher."""
-    return CachedTeacher(build_teacher(cfg, task_dir, student), TeacherCache(), {"max_tokens": cfg.max_tokens})
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..config import Strict
-from ..evaluate.metrics.exact import normalize
+from ..records import normalize
 from ..registry import SYNTH
 from ..teachers import TeacherRequest
 from ..records import record_input, sft_record

@@ -11,7 +11,7 @@ from typing import Iterable, Literal
 
 from pydantic import Field
 
-from ..evaluate.metrics.exact import normalize
+from ..records import normalize
 from ..registry import SYNTH
 from ..teachers import TeacherRequest
 from .registry import StudentSampledStep

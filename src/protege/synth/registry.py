@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 from pydantic import Field
 
 from ..config import MetricConfig, Strict, TeacherConfig
-from ..evaluate.metrics.exact import normalize
+from ..records import normalize
 from ..registry import METRIC, SYNTH
 from ..teachers import TeacherRequest
 from ..records import is_task_answer, record_answer, record_input  # noqa: F401 (is_task_answer: re-exported)
@@ -79,9 +79,8 @@ class SynthContext:
 
     def other_teacher(self, cfg: TeacherConfig):
         """A teacher besides the task's (an ensemble member), behind the same SQLite cache."""
-        from ..teachers import CachedTeacher, TeacherCache, build_teacher
-        backend = build_teacher(cfg, self.task_dir or Path("."), (self.student, self.student_id))
-        return CachedTeacher(backend, TeacherCache(), {"max_tokens": cfg.max_tokens})
+        from ..teachers import cached_teacher
+        return cached_teacher(cfg, self.task_dir or Path("."), (self.student, self.student_id))
 
 
 def run_methods(records: list[dict], steps: Iterable, ctx: SynthContext) -> list[dict]:
@@ -158,10 +157,8 @@ def teacher_answers(teacher, instruction: str, items: Sequence[tuple[str, str | 
 def student_answers(ctx: SynthContext, step: str, items: list[tuple[str, str]], k: int,
                     temperature: float) -> list[list[str]]:
     """k answers of the base student per item, sampled on the prompt it sees in training."""
-    from ..records import task_chat
-    from ..models.generate import sample_student
+    from ..models.generate import sample_answers
     if not items or k == 0:
         return [[] for _ in items]
     model, tokenizer = ctx.need_student(step)
-    chats = [task_chat(ctx.instruction, text) for text, _ in items]
-    return sample_student(model, tokenizer, chats, k, temperature, ctx.max_new_tokens, ctx.step_seed)
+    return sample_answers(model, tokenizer, ctx.instruction, items, k, temperature, ctx.max_new_tokens, ctx.step_seed)

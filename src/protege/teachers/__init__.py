@@ -20,5 +20,11 @@ def build_teacher(cfg: TeacherConfig, task_dir: Path, student=None) -> Teacher:
     return TEACHER.get(cfg.kind)(cfg, task_dir, student)
 
 
+def cached_teacher(cfg: TeacherConfig, task_dir: Path, student=None) -> CachedTeacher:
+    """The teacher cfg names, behind the shared SQLite cache: the task's teacher, a judge, an
+    ensemble's member."""
+    return CachedTeacher(build_teacher(cfg, task_dir, student), TeacherCache(), {"max_tokens": cfg.max_tokens})
+
+
 __all__ = ["Teacher", "TeacherRequest", "CachedTeacher", "TeacherCache", "TeacherStats", "TeacherError", "Usage",
-           "FunctionTeacher", "OpenAITeacher", "affordable", "build_teacher", "load_callable"]
+           "FunctionTeacher", "OpenAITeacher", "affordable", "build_teacher", "cached_teacher", "load_callable"]

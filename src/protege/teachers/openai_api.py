@@ -16,13 +16,16 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from ..config import TeacherConfig
 from ..registry import TEACHER
 from .base import TeacherError, TeacherRequest, TeacherStats, Usage
+
+if TYPE_CHECKING:  # imported where used: importing protege loads every teacher file
+    import openai
 
 # openai is imported where a request goes out, not here: importing protege loads every teacher kind's file
 

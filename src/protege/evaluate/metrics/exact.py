@@ -3,18 +3,14 @@ case, punctuation and articles (the SQuAD normalization)."""
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from typing import Literal
 
 from pydantic import Field
 
 from ...config import MetricConfig
+from ...records import normalize
 from ...registry import METRIC
 from . import clip
-
-ARTICLES = re.compile(r"\b(?:a|an|the)\b", re.IGNORECASE)
-
 
 class TextNormalization(MetricConfig):
     """How text is normalized before two strings are compared (exact, and the json metric's strings)."""
@@ -27,23 +23,6 @@ class TextNormalization(MetricConfig):
 class ExactMetric(TextNormalization):
     name: Literal["exact"] = Field("exact", description="Normalized string match: whitespace, surrounding "
                                    "quotes and a trailing period ignored, and case unless told otherwise.")
-
-
-def strip_punctuation(text: str) -> str:
-    # Unicode categories P*, so that « », ¿ and the like go too, not only ASCII punctuation
-    return "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
-
-
-def normalize(text: str, ignore_case: bool = True, ignore_punctuation: bool = False,
-              ignore_articles: bool = False) -> str:
-    text = " ".join(str(text).split())
-    text = text.rstrip(".").strip("\"'` ").rstrip(".")
-    if ignore_punctuation:
-        text = strip_punctuation(text)
-    if ignore_articles:
-        text = ARTICLES.sub(" ", text)
-    text = " ".join(text.split())
-    return text.lower() if ignore_case else text
 
 
 @METRIC.register(ExactMetric)

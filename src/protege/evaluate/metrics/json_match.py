@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from ...registry import METRIC
-from .exact import TextNormalization, normalize
+from ...records import normalize
+from .exact import TextNormalization
 
 DECODER = json.JSONDecoder()
 # a huge prediction full of "{" would otherwise cost a failed parse per brace
