@@ -63,7 +63,7 @@ def profile_steps(model: str, examples: int, shapes: bool = False, compiled: boo
     def attach_timer(trainer, counter=None):
         attach(trainer, counter)
         trainer.add_callback(timer)
-        if compiled:  # the experiment behind the README's torch.compile line; the first step compiles
+        if compiled:  # the experiment behind docs/benchmarks.md's torch.compile line; the first step compiles
             for layer in trainer.model.get_decoder().layers:
                 layer.compile(dynamic=True)
 

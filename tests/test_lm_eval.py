@@ -108,3 +108,23 @@ def test_results_become_task_metric_floats():
     assert scores(results) == {"arc_easy": {"acc": 0.25, "acc_stderr": 0.04},
                                "gsm8k": {"exact_match,strict-match": 0.5, "exact_match,flexible-extract": 0.75}}
     assert metric_name("acc_norm,none") == "acc_norm"
+
+
+def test_eval_command_merges_an_adapter_before_the_harness_loads_it(offline, tasks_dir, tmp_path, examples_dir,
+                                                                    capsys):
+    """lm-evaluation-harness loads plain model directories: `protege eval --model ADAPTER --lm-eval`
+    merges the adapter into the task's base in a cached stage and scores the merged model."""
+    pytest.importorskip("lm_eval")
+    from peft import LoraConfig, get_peft_model
+    from protege.cli import main
+    from protege.models import load_model, model_dir
+    model, _ = load_model(model_dir("tiny:0"))
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    run_dir = tmp_path / "run"
+    assert main(["eval", str(examples_dir / "iso-dates"), "--run-dir", str(run_dir), "--set", "student.model=tiny:0",
+                 "--set", "eval.max_new_tokens=2", "--model", str(tmp_path / "adapter"), "--lm-eval",
+                 "protege_choice", "--lm-eval-include", str(tasks_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["lm_eval"]["protege_choice"]["acc"] == pytest.approx(3 / 5)
+    merged = list((run_dir / "stages").glob("merged-cli-*"))
+    assert len(merged) == 1 and (merged[0] / "model" / "config.json").is_file()

@@ -1,4 +1,4 @@
-"""The embedded SmolLM2-135M student on iso-dates: the README's headline numbers (minutes on CPU)."""
+"""The embedded SmolLM2-135M student on iso-dates: the headline numbers of docs/results.md (minutes on CPU)."""
 
 import json
 

@@ -67,7 +67,7 @@ def declarations() -> list[type]:
 def test_every_stage_of_the_loop_declares_its_inputs():
     names = {cls.__name__ for cls in declarations()}
     assert names >= {"Round0Inputs", "CurateInputs", "FailureSynthInputs", "EvalInputs", "TeacherEvalInputs",
-                     "ProbeInputs", "JudgeInputs", "TrainInputs", "PairsInputs", "CritiqueInputs", "MergeInputs"}
+                     "ProbeInputs", "JudgeInputs", "TrainInputs", "PairsInputs", "CritiqueInputs", "MergeInputs", "MergedInputs"}
 
 
 @pytest.mark.parametrize("declared", declarations(), ids=lambda cls: cls.__name__)

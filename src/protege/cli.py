@@ -102,12 +102,12 @@ def evaluate_alone(state, model: Path | None, args) -> dict:
 def lm_eval_scores(state, model: Path | None, args) -> dict:
     """lm-evaluation-harness loads a plain model directory: an adapter is merged into its base first."""
     from .evaluate.lm_eval import run_lm_eval
-    from .models import is_adapter, save_merged
+    from .loop.state import ModelRef
+    from .loop.training import merged_model
+    from .models import is_adapter
     directory = model or state.base_dir
     if model is not None and is_adapter(model):
-        folder, _ = state.run.stage("merged-cli", {"base": state.base.identity, "adapter": str(model)},
-                                    lambda out: save_merged(state.base_dir, model, out))
-        directory = folder
+        directory = merged_model(state, "merged-cli", ModelRef(model, str(model)))
     tasks = [t for t in args.lm_eval.split(",") if t]
     return run_lm_eval(directory, tasks, device=state.device, limit=args.lm_eval_limit,
                        include_path=Path(args.lm_eval_include) if args.lm_eval_include else None)

@@ -115,9 +115,21 @@ def full_model(state: RunState, trained: Path, round_: int) -> ModelRef:
     """A trained stage as a whole model: dpo and grpo start from it."""
     if not is_adapter(trained / "model"):
         return ModelRef(trained / "model", trained.name)
-    folder = state.run.stage(f"merged-r{round_}", {"from": trained.name},
-                             lambda out: save_merged(state.base_dir, trained / "model", out / "model"))[0]
-    return ModelRef(folder / "model", trained.name)
+    return ModelRef(merged_model(state, f"merged-r{round_}", ModelRef(trained / "model", trained.name)),
+                    trained.name)
+
+
+@dataclass(frozen=True)
+class MergedInputs(StageInputs):
+    base: str
+    adapter: str  # the identity of the LoRA adapter merged into the base
+
+
+def merged_model(state: RunState, name: str, adapter: ModelRef) -> Path:
+    """A LoRA adapter merged into the base student, as a whole model directory (a cached stage)."""
+    inputs = MergedInputs(state.base.identity, adapter.identity)
+    folder = stage(state, name, inputs, lambda out: save_merged(state.base_dir, adapter.path, out / "model"))
+    return folder / "model"
 
 
 def sampled_items(train_file: Path, count: int, seed: int) -> list[tuple[str, str]]:

@@ -39,7 +39,7 @@ def load_model(directory: Path, device: str = "cpu", adapter: Path | None = None
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(adapter or directory)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(directory, adapter))
     if adapter is not None and (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
@@ -62,6 +62,14 @@ def save_merged(base: Path, adapter: Path, out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tokenizer_dir(directory: Path, adapter: Path | None) -> Path:
+    """protege's trained adapters carry their tokenizer; one trained elsewhere may not, and then the
+    base's is the one it was trained with."""
+    if adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file():
+        return Path(adapter)
+    return Path(directory)
 
 
 def is_adapter(directory: Path) -> bool:
