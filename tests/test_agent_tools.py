@@ -15,7 +15,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from protege.agents.environment import load_tools
-from protege.agents.tools import ToolError, Toolbox, ToolsConfig, call_tool, tool_schema
+from protege.agents.tools import ToolError, Toolbox, call_tool, tool_schema
+from protege.config import ToolsConfig
 
 
 class Speed(enum.Enum):

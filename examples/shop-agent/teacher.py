@@ -5,6 +5,7 @@ the expert can never disagree."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -44,6 +45,28 @@ def parse_request(text: str) -> tuple[str, dict]:
             if found:
                 return intent, found.groupdict()
     raise ValueError(f"not a shop request: {text!r}")
+
+
+# ---- the teacher protege calls (task.yaml: teacher.function) --------------------------------
+
+def teacher(request):
+    """purpose act: the expert's next assistant message; write_input: a new request of the same kind
+    as the example shown (seed expansion, and new requests like the ones the student failed)."""
+    if request.purpose == "act":
+        return act(request.messages(), request.tool_schemas())
+    if request.purpose == "write_input":
+        return new_request(request.examples[0], request.sample)
+    return None
+
+
+def new_request(example: str, sample: int) -> str | None:
+    """A request of the example's kind about another customer, drawn by a seed from both."""
+    try:
+        intent, _ = parse_request(example)
+    except ValueError:
+        return None
+    seed = int(hashlib.sha256(f"{example}|{sample}".encode()).hexdigest()[:12], 16)
+    return request(random.Random(seed), Shop(), intent)["input"]
 
 
 # ---- the expert ----------------------------------------------------------------------------

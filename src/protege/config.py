@@ -255,6 +255,37 @@ class BudgetConfig(Strict):
                                "requests go out (the last batch may pass it by a little). Empty: no limit.")
 
 
+class ToolsConfig(Strict):
+    """The task's `tools:` section: the tools an agent may call, what they act on, and how an episode
+    is run and judged."""
+
+    environment: str = Field("", description="module:attr of a class whose public methods are the tools; "
+                             "a new instance is made (and its reset() called, if it has one) for every episode. "
+                             "Empty: no class.")
+    functions: list[str] = Field(default_factory=list, description="module:attr of plain functions that are "
+                                 "tools too; they keep no state between calls.")
+    schemas: str | list[dict[str, Any]] = Field(default_factory=list, description="Hand-written OpenAI tool "
+                                                "schemas, a list or the path of a JSON/YAML file holding one; each "
+                                                "replaces the schema derived for the tool it names. Empty: every "
+                                                "schema comes from type hints and docstrings.")
+    database: str = Field("", description="Path of a SQLite file (relative to the task folder) copied for every "
+                          "episode; a tool parameter named db, and the environment class's constructor parameter "
+                          "db, receive a connection to the episode's copy. Empty: no database.")
+    timeout: float = Field(10.0, gt=0, description="Seconds a tool call may run before its result is a "
+                           "timeout error.")
+    max_turns: int = Field(8, gt=0, description="Assistant turns an episode may take before it is cut off.")
+    verifier: str = Field("", description="module:attr(episode) -> bool, whether an episode succeeded. "
+                          "Empty: the task's metric on the final answer.")
+
+    @field_validator("environment", "verifier", "functions")
+    @classmethod
+    def _module_attr(cls, value: str | list[str]) -> str | list[str]:
+        for spec in [value] if isinstance(value, str) else value:
+            if spec and ":" not in spec:
+                raise ValueError(f"expected module:attr, got {spec!r}")
+        return value
+
+
 class TaskSpec(Strict):
     name: str = Field("task", description="Name of the task; the default run directory is runs/NAME.")
     instruction: str = Field("", description="What the student must do; sent as the system message.")
@@ -281,6 +312,8 @@ class TaskSpec(Strict):
     export: ExportConfig = Field(default_factory=ExportConfig, description="Files written for other tools.")
     rounds: int = Field(2, ge=1, description="Most train/evaluate/augment rounds.")
     budget: BudgetConfig = Field(default_factory=BudgetConfig, description="Teacher budget.")
+    tools: ToolsConfig | None = Field(None, description="An agent task: the tools the student learns to call "
+                                      "over several turns, and their environment. Empty: a single-turn task.")
 
     @model_validator(mode="after")
     def _needs_a_test_set(self) -> "TaskSpec":

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from ..teachers import load_callable
-from .tools import Tool, ToolError, Toolbox, ToolsConfig, build_tool, normalized_schema
+from ..config import ToolsConfig
+from .tools import Tool, ToolError, Toolbox, build_tool, normalized_schema
 
 DB = "db"  # the parameter that receives the episode's database
 

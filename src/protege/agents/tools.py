@@ -25,42 +25,10 @@ from typing import Any, Callable, Collection, Literal
 from pydantic import (BaseModel, ConfigDict, Field, PydanticUserError, TypeAdapter, ValidationError, create_model,
                       field_validator)
 
-from ..config import Strict
 
 
 class ToolError(ValueError):
     """A tool the task defines badly; str() is one line naming the tool and where it came from."""
-
-
-class ToolsConfig(Strict):
-    """The task's `tools:` section: the tools an agent may call, what they act on, and how an episode
-    is run and judged."""
-
-    environment: str = Field("", description="module:attr of a class whose public methods are the tools; "
-                             "a new instance is made (and its reset() called, if it has one) for every episode. "
-                             "Empty: no class.")
-    functions: list[str] = Field(default_factory=list, description="module:attr of plain functions that are "
-                                 "tools too; they keep no state between calls.")
-    schemas: str | list[dict[str, Any]] = Field(default_factory=list, description="Hand-written OpenAI tool "
-                                                "schemas, a list or the path of a JSON/YAML file holding one; each "
-                                                "replaces the schema derived for the tool it names. Empty: every "
-                                                "schema comes from type hints and docstrings.")
-    database: str = Field("", description="Path of a SQLite file (relative to the task folder) copied for every "
-                          "episode; a tool parameter named db, and the environment class's constructor parameter "
-                          "db, receive a connection to the episode's copy. Empty: no database.")
-    timeout: float = Field(10.0, gt=0, description="Seconds a tool call may run before its result is a "
-                           "timeout error.")
-    max_turns: int = Field(8, gt=0, description="Assistant turns an episode may take before it is cut off.")
-    verifier: str = Field("", description="module:attr(episode) -> bool, whether an episode succeeded. "
-                          "Empty: the task's metric on the final answer.")
-
-    @field_validator("environment", "verifier", "functions")
-    @classmethod
-    def _module_attr(cls, value: str | list[str]) -> str | list[str]:
-        for spec in [value] if isinstance(value, str) else value:
-            if spec and ":" not in spec:
-                raise ValueError(f"expected module:attr, got {spec!r}")
-        return value
 
 
 # ---- schemas

@@ -10,7 +10,8 @@ class TeacherError(RuntimeError):
     """The teacher cannot be used at all (unreachable, refused every request, misconfigured)."""
 
 
-Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise", "evolve", "reflect"]
+Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise", "evolve", "reflect",
+                  "act"]
 
 WRITE_INPUT_PROMPT = (
     "You write new inputs for this task: {instruction}\n\n"
@@ -101,8 +102,23 @@ class TeacherRequest:
     answer_b: str = ""  # the second answer compared (judge-pairwise, where candidate is answer A)
     rubric: str = ""  # what the judge weighs (judge-*); empty: no rubric shown
     evolution: str = ""  # the rewrite asked for (purpose=evolve): a key of EVOLUTIONS
+    # purpose=act: the next assistant message of an agent's episode. The episode so far (OpenAI chat
+    # messages, tool calls and results among them) and the tools' schemas, as JSON text so that the
+    # request stays hashable; the reply is the assistant message as JSON (see act_reply).
+    episode: str = ""
+    tools: str = ""
+
+    def messages(self) -> list[dict]:
+        """purpose=act: the episode so far, without the system message (chat() adds the instruction)."""
+        return json.loads(self.episode) if self.episode else []
+
+    def tool_schemas(self) -> list[dict]:
+        """purpose=act: the OpenAI tool schemas the agent may call."""
+        return json.loads(self.tools) if self.tools else []
 
     def chat(self) -> list[dict]:
+        if self.purpose == "act":
+            return [{"role": "system", "content": self.instruction}, *self.messages()]
         if self.purpose == "answer":
             return [{"role": "system", "content": self.instruction},
                     {"role": "user", "content": self.input}]
@@ -133,7 +149,36 @@ class TeacherRequest:
                                                         candidate=self.candidate, answer_b=self.answer_b)}]
 
     def cache_payload(self) -> dict:
-        return {"messages": self.chat(), "temperature": self.temperature, "sample": self.sample}
+        payload = {"messages": self.chat(), "temperature": self.temperature, "sample": self.sample}
+        return payload | ({"tools": self.tool_schemas()} if self.tools else {})
+
+
+def act_request(instruction: str, messages: list[dict], tools: list[dict], sample: int = 0,
+                temperature: float = 0.0) -> TeacherRequest:
+    """Ask for the next assistant message of an agent's episode."""
+    return TeacherRequest("act", instruction, episode=json.dumps(messages, ensure_ascii=False),
+                          tools=json.dumps(tools, ensure_ascii=False), sample=sample, temperature=temperature)
+
+
+def act_reply(message: dict | str | None) -> str | None:
+    """An agent's assistant message as the JSON text a teacher replies and the cache keeps: a final
+    answer (a string) becomes {role, content}; content and tool_calls are all that is kept."""
+    if isinstance(message, str):
+        message = {"role": "assistant", "content": message}
+    if not isinstance(message, dict) or not (message.get("content") or message.get("tool_calls")):
+        return None
+    kept = {"role": "assistant", "content": message.get("content") or None}
+    if message.get("tool_calls"):
+        kept["tool_calls"] = [{"id": c.get("id") or f"call_{i}", "type": "function",
+                               "function": {"name": c["function"]["name"],
+                                            "arguments": arguments_text(c["function"].get("arguments"))}}
+                              for i, c in enumerate(message["tool_calls"])]
+    return json.dumps(kept, ensure_ascii=False)
+
+
+def arguments_text(arguments) -> str:
+    """A tool call's arguments as the JSON string OpenAI's format carries (a dict is serialized)."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -14,7 +15,7 @@ from pydantic import Field
 
 from ..config import TeacherConfig
 from ..registry import TEACHER
-from .base import TeacherError, TeacherRequest
+from .base import TeacherError, TeacherRequest, act_reply
 
 
 class FunctionTeacherConfig(TeacherConfig):
@@ -48,8 +49,18 @@ def _task_module(module_name: str, search_dir: Path | None):
     spec = importlib.util.spec_from_file_location(unique, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[unique] = module
-    spec.loader.exec_module(module)
+    with importable(search_dir):  # a task module may import its folder's other modules
+        spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def importable(folder: Path):
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
 
 
 class FunctionTeacher:
@@ -69,6 +80,8 @@ class FunctionTeacher:
         replies = []
         for i, request in enumerate(requests):
             reply = self.fn(request)
+            if request.purpose == "act":  # the next assistant message: a dict, or a final answer
+                reply = act_reply(reply)
             reply = reply.strip() if isinstance(reply, str) and reply.strip() else None
             replies.append(reply)
             if on_reply:
