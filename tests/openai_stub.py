@@ -1,12 +1,16 @@
 """A real HTTP server on 127.0.0.1 speaking the OpenAI chat-completions protocol, for tests and
-benchmarks. `reply(messages) -> str` writes the answers; `fail_every` makes every Nth request a 500;
+benchmarks. `reply(messages) -> str | dict` writes the answers: a string is the reply's text; a dict is
+the assistant message, `{"content": ..., "tool_calls": [...]}` (see `tool_call`), sent as it is with
+finish_reason "tool_calls" when it calls tools. `bodies` keeps the last `keep` request bodies as they
+arrived (messages, tools, tool_choice, ...). `fail_every` makes every Nth request a 500;
 `delay` answers after a fixed delay; `fault(body, attempt) -> kind | None` injects faults (see
 `seeded_faults`): a hung request ("timeout"), an HTTP error status ("429" and "503" with
 Retry-After, "500", "401", ...), "garbage" JSON, a connection dropped without an answer ("drop"), or
 an "empty" answer.
 
-Usage counts words: prompt_tokens is the number of whitespace-separated words in the messages,
-completion_tokens the number in the reply, so tests can count tokens by hand."""
+Usage counts words: prompt_tokens is the number of whitespace-separated words in the messages'
+contents, completion_tokens the number in the reply's content and its tool calls' arguments, so tests
+can count tokens by hand."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import hashlib
 import json
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -39,12 +43,28 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def completion(n: int, model: str, messages: list[dict], text: str) -> dict:
+def tool_call(name: str, arguments: dict | str, id: str = "call_0") -> dict:
+    """One tool call as OpenAI writes it: the arguments as a JSON string (a string is sent as given)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": text}}
+
+
+def reply_words(message: dict) -> int:
+    calls = message.get("tool_calls") or []
+    arguments = [c.get("function", {}).get("arguments") for c in calls if isinstance(c, dict)]
+    return words(message.get("content") or "") + sum(words(a) for a in arguments if isinstance(a, str))
+
+
+def completion(n: int, model: str, messages: list[dict], reply: "str | dict") -> dict:
+    """A chat.completion body; reply: the text, or the assistant message (content and/or tool_calls)."""
+    message = {"role": "assistant", "content": reply} if isinstance(reply, str) else {
+        "role": "assistant", "content": None, **reply}
     prompt = sum(words(m.get("content") or "") for m in messages)
+    out = reply_words(message)
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
     return {"id": f"c{n}", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": words(text),
-                      "total_tokens": prompt + words(text)}}
+            "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out}}
 
 
 class _Server(ThreadingHTTPServer):
@@ -52,14 +72,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class StubServer:
-    def __init__(self, reply: Callable[[list[dict]], str], fail_every: int = 0, fault: Fault | None = None,
-                 delay: float = 0.0, stall: float = 5.0, retry_after: str = "0"):
+    def __init__(self, reply: Callable[[list[dict]], "str | dict"], fail_every: int = 0,
+                 fault: Fault | None = None, delay: float = 0.0, stall: float = 5.0, retry_after: str = "0", keep: int = 100):
         self.reply, self.fail_every, self.fault = reply, fail_every, fault
         self.delay, self.stall, self.retry_after = delay, stall, retry_after
         self.requests = 0  # every request that arrived, faulty or not
         self.answered = 0  # good answers written out in full
         self.in_flight = self.max_in_flight = 0
         self.faults: Counter = Counter()  # kind -> times injected
+        self.bodies: deque[dict] = deque(maxlen=keep)  # the last `keep` request bodies, oldest first
         self._seen: Counter = Counter()  # request body -> arrivals, so a fault plan can tell retries apart
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -84,6 +105,7 @@ class StubServer:
         key = json.dumps(body, sort_keys=True)
         with self._lock:
             self.requests += 1
+            self.bodies.append(body)
             self._seen[key] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -153,8 +175,8 @@ class StubServer:
                 elif kind == "garbage":
                     self._send(200, b'{"id": "c", "choices": [{"message": {"content": "trunc')
                 else:
-                    text = "" if kind == "empty" else server.reply(body["messages"])
-                    self._send(200, json.dumps(completion(n, body["model"], body["messages"], text)).encode())
+                    reply = "" if kind == "empty" else server.reply(body["messages"])
+                    self._send(200, json.dumps(completion(n, body["model"], body["messages"], reply)).encode())
                     return kind is None
                 return False
 

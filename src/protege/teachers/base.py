@@ -165,9 +165,13 @@ def act_reply(message: dict | str | None) -> str | None:
     answer (a string) becomes {role, content}; content and tool_calls are all that is kept."""
     if isinstance(message, str):
         message = {"role": "assistant", "content": message}
-    if not isinstance(message, dict) or not (message.get("content") or message.get("tool_calls")):
+    if not isinstance(message, dict):
         return None
-    kept = {"role": "assistant", "content": message.get("content") or None}
+    content = message.get("content")
+    content = (content.strip() if isinstance(content, str) else content) or None  # blank text is no answer
+    if not (content or message.get("tool_calls")):
+        return None
+    kept = {"role": "assistant", "content": content}
     if message.get("tool_calls"):
         kept["tool_calls"] = [{"id": c.get("id") or f"call_{i}", "type": "function",
                                "function": {"name": c["function"]["name"],

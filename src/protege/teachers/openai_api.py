@@ -4,7 +4,11 @@ Requests go out asynchronously, at most `concurrency` at a time. The openai clie
 off (max_retries=0) so that this loop decides: timeouts, lost connections, 408/409/429 and 5xx are
 retried with exponential backoff and jitter (429 and 503 wait what Retry-After says); malformed or
 empty replies are retried too, and dropped (None, counted) after the last try, never returned as
-text. 401, 403 and 404 stop the whole call at once: no retry fixes a wrong key, model or URL."""
+text. 401, 403 and 404 stop the whole call at once: no retry fixes a wrong key, model or URL.
+
+An agent's step (purpose "act") goes out through OpenAI's tool calling: the episode as the messages,
+the tool schemas as `tools` with `tool_choice: "auto"`; its reply is the assistant message (content
+and/or tool calls) as act_reply's JSON text, and one with neither is unusable like an empty reply."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pydantic import Field
 
 from ..config import TeacherConfig
 from ..registry import TEACHER
-from .base import TeacherError, TeacherRequest, TeacherStats, Usage
+from .base import TeacherError, TeacherRequest, TeacherStats, Usage, act_reply
 
 if TYPE_CHECKING:  # imported where used: importing protege loads every teacher file
     import openai
@@ -88,15 +92,33 @@ def retry_after(headers, now: float | None = None) -> float | None:
         return max(0.0, when.timestamp() - (now if now is not None else time.time())) if when else None
 
 
-def reply_text(completion) -> str:
-    """The reply's text, stripped, from a chat.completion body; Unusable when there is none."""
+def first_message(completion) -> dict:
+    """The first choice's message of a chat.completion body ({} when there is none)."""
     choices = completion.get("choices") if isinstance(completion, dict) else None
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = first.get("message")
-    text = message.get("content") if isinstance(message, dict) else None
+    return message if isinstance(message, dict) else {}
+
+
+def reply_text(completion) -> str:
+    """The reply's text, stripped, from a chat.completion body; Unusable when there is none."""
+    text = first_message(completion).get("content")
     if not isinstance(text, str) or not text.strip():
         raise Unusable("empty reply" if isinstance(text, str) else "no reply text in the answer")
     return text.strip()
+
+
+def act_text(completion) -> str:
+    """purpose=act: the assistant message (content and/or tool calls) as act_reply's JSON text;
+    Unusable when it has neither or a tool call is malformed."""
+    message = first_message(completion)
+    try:
+        reply = act_reply(message)
+    except (KeyError, TypeError, AttributeError) as exc:  # a tool call without a function or a name
+        raise Unusable(f"malformed tool call in the answer: {exc!r}") from None
+    if reply is None:
+        raise Unusable("neither content nor tool calls in the answer")
+    return reply
 
 
 def usage_of(completion: dict) -> Usage:
@@ -152,8 +174,12 @@ class OpenAITeacher:
                                   max_retries=0, timeout=self.cfg.timeout, http_client=http_transport())
 
     def body(self, request: TeacherRequest) -> dict:
-        return {"model": self.cfg.model, "messages": request.chat(), "temperature": request.temperature,
+        body = {"model": self.cfg.model, "messages": request.chat(), "temperature": request.temperature,
                 "max_tokens": self.cfg.max_tokens, "seed": request.sample}
+        tools = request.tool_schemas() if request.purpose == "act" else []
+        if tools:  # OpenAI refuses an empty tools list
+            body |= {"tools": tools, "tool_choice": "auto"}
+        return body
 
     async def attempt(self, client: openai.AsyncOpenAI, request: TeacherRequest) -> tuple[str, Usage]:
         """One try: the reply and its usage, or Retry, or TeacherError when no try can succeed.
@@ -163,7 +189,8 @@ class OpenAITeacher:
         import openai
         try:
             completion = await client.post("/chat/completions", body=self.body(request), cast_to=object)
-            return reply_text(completion), usage_of(completion)
+            reply = act_text(completion) if request.purpose == "act" else reply_text(completion)
+            return reply, usage_of(completion)
         except openai.APIStatusError as exc:
             if exc.status_code in FATAL_STATUS:
                 raise TeacherError(f"teacher {self.cfg.base_url} (model {self.cfg.model!r}) answered "
