@@ -97,7 +97,7 @@ def test_every_kind_has_its_methods_registered():
     assert set(SYNTH.names()) == {"self-instruct", "evol-instruct", "magpie", "llm2llm", "critique", "rejection",
                                   "preference-pairs", "reflection", "refusal"}
     assert set(CURATE.names()) == {"decontaminate", "dedup", "diversity", "quality", "perplexity", "ifd",
-                                   "curriculum", "mixture"}
+                                   "curriculum", "mixture", "success"}
     assert set(TRAIN.names()) == {"sft", "masked-thought", "cft", "dpo", "distill", "grpo"}
     assert set(ADAPTER.names()) == {"lora", "hft", "full"}
     assert set(METRIC.names()) == {"exact", "numeric", "json", "regex", "rouge-l", "code"}

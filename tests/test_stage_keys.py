@@ -60,8 +60,10 @@ def changed_model(model: BaseModel) -> BaseModel:
     return model.model_copy(update={name: (not value) if info.annotation is bool else value + 1})
 
 
-def declarations() -> list[type]:
-    return sorted(StageInputs.__subclasses__(), key=lambda cls: cls.__name__)
+def declarations(base: type = StageInputs) -> list[type]:
+    """Every declaration of a stage's inputs, subclasses of declarations included."""
+    found = [cls for sub in base.__subclasses__() for cls in (sub, *declarations(sub))]
+    return sorted(set(found), key=lambda cls: cls.__name__)
 
 
 def test_every_stage_of_the_loop_declares_its_inputs():

@@ -321,6 +321,18 @@ class TaskSpec(Strict):
             raise ValueError("a test set is required (field 'test')")
         return self
 
+    @model_validator(mode="after")
+    def _agent_tasks_train_on_episodes(self) -> "TaskSpec":
+        if self.tools is None:
+            return self
+        if not getattr(self.train.method, "trains_on_episodes", False):
+            able = [name for name in TRAIN.names() if getattr(TRAIN.options(name), "trains_on_episodes", False)]
+            raise ValueError(f"train.method {self.train.method.name} does not train on agent episodes; "
+                             f"use {', '.join(able)} for a task with tools")
+        if self.synth.methods:
+            raise ValueError("synth.methods work on single-turn records; a task with tools takes none")
+        return self
+
 
 class LoadedTask:
     """A validated spec with its files read: what every stage works from."""

@@ -68,6 +68,11 @@ class Environment:
     def schemas(self) -> list[dict]:
         return [source.tool.schema for source in self.sources.values()]
 
+    def code(self) -> list[Any]:
+        """The class and functions the tools run: their source files identify the tools' behaviour."""
+        functions = [source.function for source in self.sources.values() if source.function is not None]
+        return [self.environment_class, *functions] if self.environment_class else functions
+
     @contextmanager
     def episode(self) -> Iterator[Toolbox]:
         """A toolbox of its own: a new environment instance and database copy, gone when the block ends."""

@@ -52,6 +52,17 @@ class Episode:
                 "invalid_turns": self.invalid_turns, "finished": self.finished}
 
 
+Verifier = Callable[[Episode], bool]
+
+
+def verified(verifier: Verifier, episode: Episode, where: str) -> bool:
+    """The user's verifier's verdict; its exception is the user's error, said with where it came from."""
+    try:
+        return bool(verifier(episode))
+    except Exception as exc:  # noqa: BLE001 (user code: any exception is reported the same way)
+        raise ValueError(f"{where} raised {type(exc).__name__}: {exc}") from None
+
+
 def run_episodes(environment: Environment, requests: list[str], policy: Policy, max_turns: int,
                  score: Callable[[Episode], float] = lambda episode: 0.0) -> list[Episode]:
     """Each request acted on in a fresh toolbox, all live episodes a turn at a time; `score` sees each
@@ -101,3 +112,27 @@ def teacher_policy(teacher: CachedTeacher, instruction: str, tools: list[dict], 
         replies = teacher.complete([act_request(instruction, h, tools, sample) for h in histories])
         return [Step(json.loads(reply) if reply else None) for reply in replies]
     return act
+
+
+def student_policy(model, tokenizer, instruction: str, tools: list[dict], max_new_tokens: int,
+                   batch_size: int = 32) -> Policy:
+    """A model as a policy: one batched generation per turn over every live episode, each rendered by
+    chat_format for the model's template and its reply parsed back into tool calls (their validity
+    counted)."""
+    from ..models.generate import generate
+    from .chat_format import parse_assistant, render_messages, supports_tools
+    native = supports_tools(tokenizer)
+    system = [{"role": "system", "content": instruction}] if instruction else []
+
+    def act(histories: list[list[dict]]) -> list[Step]:
+        chats = [render_messages(system + history, tools, tokenizer) for history in histories]
+        texts = generate(model, tokenizer, chats, max_new_tokens, batch_size, desc="agent turn",
+                         tools=tools if native else None)
+        turns = [parse_assistant(text, tools, calls_so_far(history)) for text, history in zip(texts, histories)]
+        return [Step(turn.message, turn.valid) for turn in turns]
+    return act
+
+
+def calls_so_far(history: list[dict]) -> int:
+    """Tool calls already in the episode: the next call's id numbers on from them."""
+    return sum(len(m.get("tool_calls") or []) for m in history)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..config import EvalConfig, Example, MetricConfig
 from .bootstrap import bootstrap_ci, pass_at_k
-from ..models.generate import generate
 from ..records import task_chat
 from .metrics import as_metric, clean_text, score
 
@@ -49,6 +48,7 @@ def score_predictions(items: list[Example], predictions: list[str] | list[list[s
 def evaluate_model(model, tokenizer, items: list[Example], instruction: str, metric: MetricConfig,
                    cfg: EvalConfig, desc: str = "eval") -> tuple[list[dict], dict]:
     """One greedy answer per item, or cfg.samples sampled ones (seeds 0..samples-1) for pass@k."""
+    from ..models.generate import generate  # torch: loaded when a model answers, not with the registry
     chats = [task_chat(instruction, item.input) for item in items]
     if cfg.samples == 1:
         return score_predictions(items, generate(model, tokenizer, chats, cfg.max_new_tokens, cfg.batch_size,

@@ -35,6 +35,11 @@ class Round0Inputs(StageInputs):
 
 
 @dataclass(frozen=True)
+class AgentRound0Inputs(Round0Inputs):
+    tools: str = ""  # the identity of the tools: their settings and the code they run
+
+
+@dataclass(frozen=True)
 class Round0Data:
     data: Path  # the chat records
     pairs: Path | None  # preference pairs a synthesis method made (round 0's dpo learns from them too)
@@ -49,6 +54,8 @@ def synthesize_round0(state: RunState) -> Round0Data:
                     "max_new_tokens": spec.eval.max_new_tokens} if spec.synth.methods else {}
     inputs = Round0Inputs(state.teacher.backend.identity(), spec.instruction, task.seeds, task.inputs, spec.synth,
                           spec.budget.requests, spec.train.seed, **with_methods)
+    if state.agent:
+        inputs = AgentRound0Inputs(**vars(inputs), tools=state.agent.identity)
     folder = teacher_stage(state, "synth-r0", inputs, lambda out: write_round0(out, state, inputs),
                            count_requests=True)
     pairs = folder / "pairs.jsonl"
@@ -58,7 +65,7 @@ def synthesize_round0(state: RunState) -> Round0Data:
 def write_round0(out: Path, state: RunState, inputs: Round0Inputs) -> int:
     """Writes data.jsonl (and the methods' files); returns the requests made to other teachers."""
     start = state.teacher.stats.requests
-    records = [sft_record(inputs.instruction, s.input, s.output, "seed", 0) for s in inputs.seeds]
+    records = seed_records(state, inputs.seeds)
     labeled = inputs.inputs[:inputs.budget] if inputs.synth.label_inputs else []
     records += label(state, labeled, "teacher")
     records += expanded(state, inputs, inputs.budget - len(labeled))
@@ -70,9 +77,28 @@ def write_round0(out: Path, state: RunState, inputs: Round0Inputs) -> int:
     return extra
 
 
+def seed_records(state: RunState, seeds: list[Example]) -> list[dict]:
+    """The seeds as training records; on an agent task, the teacher's episodes on the seed requests,
+    judged against the seeds' answers."""
+    if state.agent:
+        return trajectories(state, seeds, "seed", 0)
+    return [sft_record(state.spec.instruction, s.input, s.output, "seed", 0) for s in seeds]
+
+
 def label(state: RunState, texts: list[str], source: str, round_: int = 0) -> list[dict]:
+    """The teacher's answers to new inputs; on an agent task, its episodes on new requests."""
     from ..synth.label import label_inputs
+    if state.agent:
+        return trajectories(state, [Example(input=text) for text in texts], source, round_)
     return label_inputs(state.teacher, state.spec.instruction, texts, source, round_)[0]
+
+
+def trajectories(state: RunState, requests: list[Example], source: str, round_: int) -> list[dict]:
+    from ..synth.trajectories import teacher_trajectories
+    agent, spec = state.agent, state.spec
+    state.say(f"{source}: the teacher acts on {len(requests)} requests")
+    return teacher_trajectories(state.teacher, agent.environment, spec.instruction, requests, spec.tools.max_turns,
+                                source, round_, spec.metric, agent.verifier)
 
 
 def expanded(state: RunState, inputs: Round0Inputs, budget: int) -> list[dict]:
@@ -177,12 +203,19 @@ class FailureSynthInputs(StageInputs):
     never: list[str]  # the test inputs: no new input may copy one
 
 
+@dataclass(frozen=True)
+class AgentFailureSynthInputs(FailureSynthInputs):
+    tools: str
+
+
 def synthesize_failures(state: RunState, round_: int, failures: list[str]) -> Path:
     """The teacher writes new inputs like each failure the budget affords, and answers them."""
     spec = state.spec
     per = spec.synth.per_failure
     inputs = FailureSynthInputs(state.teacher.backend.identity(), failures[:state.budget.left // max(1, 2 * per)],
                                 per, spec.instruction, round_, [t.input for t in state.task.test])
+    if state.agent:
+        inputs = AgentFailureSynthInputs(**vars(inputs), tools=state.agent.identity)
 
     def build(out: Path) -> None:
         from ..synth.llm2llm import inputs_like_failures

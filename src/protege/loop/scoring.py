@@ -27,18 +27,44 @@ class EvalInputs(StageInputs):
     instruction: str
 
 
-def evaluate(state: RunState, name: str, model: ModelRef, items: list[Example]) -> Scored:
-    """The base (model.path None) or a trained student answers `items`, scored by the task's metric."""
-    from ..evaluate.task_eval import evaluate_model
+@dataclass(frozen=True)
+class AgentEvalInputs(EvalInputs):
+    tools: str  # the identity of the tools: their settings and the code they run
+
+
+def eval_inputs(state: RunState, model: ModelRef, items: list[Example]) -> EvalInputs:
     spec = state.spec
     inputs = EvalInputs(model.identity, items, spec.metric, spec.eval, spec.instruction)
+    return AgentEvalInputs(**vars(inputs), tools=state.agent.identity) if state.agent else inputs
+
+
+def evaluate(state: RunState, name: str, model: ModelRef, items: list[Example]) -> Scored:
+    """The base (model.path None) or a trained student answers `items`, scored by the task's metric;
+    on an agent task it acts on each item in the task's environment."""
+    inputs = eval_inputs(state, model, items)
 
     def build(out: Path) -> None:
         loaded = state.students.load(model.path)
-        write_scored(out, *evaluate_model(*loaded, inputs.items, inputs.instruction, inputs.metric, inputs.eval,
-                                          desc=name))
+        write_scored(out, *(student_episodes(state, loaded, inputs, name) if state.agent else
+                            student_answers(loaded, inputs, name)))
 
     return Scored.read(stage(state, name, inputs, build))
+
+
+def student_answers(loaded: tuple, inputs: EvalInputs, name: str) -> tuple[list, dict]:
+    from ..evaluate.task_eval import evaluate_model
+    return evaluate_model(*loaded, inputs.items, inputs.instruction, inputs.metric, inputs.eval, desc=name)
+
+
+def student_episodes(state: RunState, loaded: tuple, inputs: EvalInputs, name: str) -> tuple[list, dict]:
+    from ..agents.episodes import student_policy
+    from ..evaluate.agent_eval import evaluate_episodes
+    agent = state.agent
+    policy = student_policy(*loaded, inputs.instruction, agent.environment.schemas, inputs.eval.max_new_tokens,
+                            inputs.eval.batch_size)
+    state.say(f"{name}: {len(inputs.items)} episodes")
+    return evaluate_episodes(agent.environment, inputs.items, policy, state.spec.tools.max_turns, inputs.metric,
+                             inputs.eval, agent.verifier)
 
 
 @dataclass(frozen=True)
@@ -51,20 +77,41 @@ class TeacherEvalInputs(StageInputs):
 
 
 def evaluate_teacher(state: RunState) -> Scored:
-    """The teacher answers the test set too, so its score sits beside the student's. Its tokens are
-    charged; its requests are reported, not charged to the synthesis budget."""
-    from ..evaluate.task_eval import score_predictions
-    from ..teachers import TeacherRequest
+    """The teacher answers the test set too (on an agent task: acts on it), so its score sits beside
+    the student's. Its tokens are charged; its requests are reported, not charged to the synthesis
+    budget."""
     spec = state.spec
     inputs = TeacherEvalInputs(state.teacher.backend.identity(), state.task.test, spec.metric, spec.eval,
                                spec.instruction)
+    if state.agent:
+        inputs = AgentTeacherEvalInputs(**vars(inputs), tools=state.agent.identity)
 
     def build(out: Path) -> None:
-        requests = [TeacherRequest("answer", inputs.instruction, input=t.input) for t in inputs.test]
-        replies = state.teacher.complete(requests)
-        write_scored(out, *score_predictions(inputs.test, [r or "" for r in replies], inputs.metric, inputs.eval))
+        write_scored(out, *(teacher_episodes(state, inputs) if state.agent else teacher_answers(state, inputs)))
 
     return Scored.read(teacher_stage(state, "eval-teacher", inputs, build))
+
+
+@dataclass(frozen=True)
+class AgentTeacherEvalInputs(TeacherEvalInputs):
+    tools: str
+
+
+def teacher_answers(state: RunState, inputs: TeacherEvalInputs) -> tuple[list, dict]:
+    from ..evaluate.task_eval import score_predictions
+    from ..teachers import TeacherRequest
+    requests = [TeacherRequest("answer", inputs.instruction, input=t.input) for t in inputs.test]
+    replies = state.teacher.complete(requests)
+    return score_predictions(inputs.test, [r or "" for r in replies], inputs.metric, inputs.eval)
+
+
+def teacher_episodes(state: RunState, inputs: TeacherEvalInputs) -> tuple[list, dict]:
+    from ..agents.episodes import teacher_policy
+    from ..evaluate.agent_eval import evaluate_episodes
+    agent = state.agent
+    policy = teacher_policy(state.teacher, inputs.instruction, agent.environment.schemas)
+    return evaluate_episodes(agent.environment, inputs.test, policy, state.spec.tools.max_turns, inputs.metric,
+                             inputs.eval, agent.verifier)
 
 
 @dataclass(frozen=True)

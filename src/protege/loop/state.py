@@ -3,15 +3,19 @@ student and the one student model loaded at a time. Nothing else in the loop kee
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..config import LoadedTask, TaskSpec
+from ..config import LoadedTask, TaskSpec, ToolsConfig
 from ..models import load_model, model_dir, pick_device
 from ..runs import Run, digest
 from ..teachers import CachedTeacher, affordable, cached_teacher
+
+if TYPE_CHECKING:
+    from ..agents.environment import Environment
 
 
 def say_progress(line: str) -> None:
@@ -77,6 +81,26 @@ class StudentLoader:
         return self.loaded[1:]
 
 
+@dataclass(frozen=True)
+class AgentSetup:
+    """An agent task's tools, loaded once: the environment each episode gets a fresh copy of, the
+    verifier that judges an episode (None: the metric on the final answer), and an identity for stage
+    keys that changes when the tools' code or settings do."""
+
+    environment: Environment
+    verifier: Callable | None
+    identity: str
+
+
+def agent_setup(cfg: ToolsConfig, task_dir: Path) -> AgentSetup:
+    from ..agents.environment import load_tools
+    from ..teachers import load_callable
+    environment = load_tools(cfg, task_dir)
+    verifier = load_callable(cfg.verifier, task_dir) if cfg.verifier else None
+    sources = sorted({inspect.getsourcefile(code) for code in environment.code()})
+    return AgentSetup(environment, verifier, digest([cfg.model_dump(), *(Path(f).read_text() for f in sources)]))
+
+
 @dataclass
 class RunState:
     task: LoadedTask
@@ -88,6 +112,7 @@ class RunState:
     budget: Budget
     say: Callable[[str], None] = say_progress
     judge: CachedTeacher | None = field(default=None)  # None: the task's teacher judges
+    agent: AgentSetup | None = None  # an agent task's tools; None: a single-turn task
 
     @property
     def spec(self) -> TaskSpec:
@@ -118,5 +143,6 @@ def prepare(task: LoadedTask, run_dir: Path, say: Callable[[str], None] = say_pr
     students = StudentLoader(base_dir, device)
     teacher = cached_teacher(spec.teacher, task.directory, (lambda: students.load(None), base.identity))
     judge = cached_teacher(spec.judge.teacher, task.directory) if spec.judge.teacher else None
+    agent = agent_setup(spec.tools, task.directory) if spec.tools else None
     return RunState(task=task, run=Run(run_dir), device=device, base=base, students=students, teacher=teacher,
-                    budget=Budget(spec.budget.requests, spec.budget.tokens), say=say, judge=judge)
+                    budget=Budget(spec.budget.requests, spec.budget.tokens), say=say, judge=judge, agent=agent)

@@ -15,8 +15,10 @@ from ..records import task_chat
 from . import vllm_generate
 
 
-def chat_prompts(tokenizer, chats: list[list[dict]]) -> list[list[int]]:
-    return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False)
+def chat_prompts(tokenizer, chats: list[list[dict]], tools: list[dict] | None = None) -> list[list[int]]:
+    """tools: the tool schemas a template that renders tools is given (agents.chat_format decides)."""
+    extra = {"tools": tools} if tools else {}
+    return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False, **extra)
             for c in chats]
 
 
@@ -59,10 +61,11 @@ def batch_inputs(tokenizer, prompts: list[list[int]], prefix: list[int], cache) 
 
 @torch.inference_mode()
 def generate(model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32, batch_size: int = 32,
-             temperature: float = 0.0, seed: int = 0, desc: str = "generate") -> list[str]:
+             temperature: float = 0.0, seed: int = 0, desc: str = "generate",
+             tools: list[dict] | None = None) -> list[str]:
     """One reply per chat, in the order given. Sorting by length keeps padding (wasted work) small;
     generate stops a batch as soon as every row has ended."""
-    prompts = chat_prompts(tokenizer, chats)
+    prompts = chat_prompts(tokenizer, chats, tools)
     if vllm_generate.wants_vllm(model):
         return vllm_generate.generate_vllm(vllm_generate.weights_dir(model), tokenizer, prompts,
                                            max_new_tokens, temperature, seed)

@@ -27,6 +27,8 @@ class MethodOptions(Strict):
     # pairs of the reference against the start model's own wrong samples (the options then have
     # `samples`), or the teacher's critiques of candidate answers (the options then have `candidates`)
     data_stage: ClassVar[Literal["records", "pairs", "critiques"]] = "records"
+    # whether it learns from agent episodes (records with tools, every assistant turn in the loss)
+    trains_on_episodes: ClassVar[bool] = False
     # flat keys of the earlier train config -> this method's option (read with a note on stderr)
     legacy: ClassVar[dict[str, str]] = {}
 

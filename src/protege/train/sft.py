@@ -13,7 +13,7 @@ only at the positions that have a label (answer_loss.py)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 from pydantic import Field
 
@@ -27,24 +27,27 @@ from .adapters import peft_config
 
 
 class SFTOptions(MethodOptions):
+    trains_on_episodes: ClassVar[bool] = True
     name: Literal["sft"] = Field("sft", description="Supervised fine-tuning: the loss on every assistant turn "
                                  "of the round's chat records.")
 
 
-def render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def render(tokenizer, messages: list[dict], generation_prompt: bool, tools: list[dict] | None = None) -> list[int]:
+    extra = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **extra)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict:
-    """input_ids of the whole chat and labels that keep only the assistant turns' tokens."""
-    input_ids = render(tokenizer, messages, False)
+def tokenize_chat(tokenizer, messages: list[dict], max_length: int, tools: list[dict] | None = None) -> dict:
+    """input_ids of the whole chat and labels that keep only the assistant turns' tokens. tools: the
+    schemas a template that renders tools is given (agent episodes, see tokenize_record)."""
+    input_ids = render(tokenizer, messages, False, tools)
     labels = [-100] * len(input_ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(render(tokenizer, messages[:i], True))
-        through_turn = render(tokenizer, messages[:i + 1], False)
+        start = len(render(tokenizer, messages[:i], True, tools))
+        through_turn = render(tokenizer, messages[:i + 1], False, tools)
         end = len(through_turn)
         if input_ids[:end] != through_turn:
             raise ValueError("the chat template renders a turn differently inside a longer chat; "
@@ -53,9 +56,21 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict:
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
 
 
+def tokenize_record(tokenizer, record: dict, max_length: int) -> dict:
+    """A chat record, or an agent episode (a record with tools) rendered for the student's template by
+    agents.chat_format: every assistant turn, tool calls and final answer, in the loss; tool results
+    and user turns never."""
+    if not record.get("tools"):
+        return tokenize_chat(tokenizer, record["messages"], max_length)
+    from ..agents.chat_format import rendered_record, supports_tools
+    native = supports_tools(tokenizer)
+    return tokenize_chat(tokenizer, rendered_record(record, tokenizer)["messages"], max_length,
+                         record["tools"] if native else None)
+
+
 def tokenized_dataset(tokenizer, records: list[dict], max_length: int):
     from datasets import Dataset
-    rows = [tokenize_chat(tokenizer, record["messages"], max_length) for record in records]
+    rows = [tokenize_record(tokenizer, record, max_length) for record in records]
     rows = [row for row in rows if any(label != -100 for label in row["labels"])]
     if not rows:
         raise ValueError("no training data: no example has an assistant turn within train.max_length")
