@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from protege.agents.chat_format import (CALL_CLOSE, CALL_OPEN, EMPTY, MALFORMED_JSON, SCHEMA_MISMATCH, TOOLS_INTRO,
+from protege.models.chat_format import (CALL_CLOSE, CALL_OPEN, EMPTY, MALFORMED_JSON, SCHEMA_MISMATCH, TOOLS_INTRO,
                                         UNCLOSED_BLOCK, UNKNOWN_TOOL, assistant_spans, assistant_text, chat_text,
                                         normalize_tools, parse_assistant, render_messages, rendered_record,
                                         supports_tools)

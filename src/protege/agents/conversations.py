@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..runs import JSONLError, digest
-from .chat_format import normalize_tools
+from ..models.chat_format import normalize_tools
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

@@ -120,7 +120,7 @@ def student_policy(model, tokenizer, instruction: str, tools: list[dict], max_ne
     chat_format for the model's template and its reply parsed back into tool calls (their validity
     counted)."""
     from ..models.generate import generate
-    from .chat_format import parse_assistant, render_messages, supports_tools
+    from ..models.chat_format import parse_assistant, render_messages, supports_tools
     native = supports_tools(tokenizer)
     system = [{"role": "system", "content": instruction}] if instruction else []
 

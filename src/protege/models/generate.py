@@ -16,7 +16,7 @@ from . import vllm_generate
 
 
 def chat_prompts(tokenizer, chats: list[list[dict]], tools: list[dict] | None = None) -> list[list[int]]:
-    """tools: the tool schemas a template that renders tools is given (agents.chat_format decides)."""
+    """tools: the tool schemas a template that renders tools is given (models.chat_format decides)."""
     extra = {"tools": tools} if tools else {}
     return [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False, **extra)
             for c in chats]

@@ -58,11 +58,11 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int, tools: list[
 
 def tokenize_record(tokenizer, record: dict, max_length: int) -> dict:
     """A chat record, or an agent episode (a record with tools) rendered for the student's template by
-    agents.chat_format: every assistant turn, tool calls and final answer, in the loss; tool results
+    models.chat_format: every assistant turn, tool calls and final answer, in the loss; tool results
     and user turns never."""
     if not record.get("tools"):
         return tokenize_chat(tokenizer, record["messages"], max_length)
-    from ..agents.chat_format import rendered_record, supports_tools
+    from ..models.chat_format import rendered_record, supports_tools
     native = supports_tools(tokenizer)
     return tokenize_chat(tokenizer, rendered_record(record, tokenizer)["messages"], max_length,
                          record["tools"] if native else None)
