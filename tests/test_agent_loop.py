@@ -36,6 +36,13 @@ def test_an_agent_task_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert {"success_rate", "valid_call_rate", "tool_error_rate", "mean_turns"} <= set(evaluated)
     episode = read_jsonl(stages["eval-r0"] / "records.jsonl")[0]
     assert episode["messages"][0] == {"role": "user", "content": episode["input"]}
+    # the run's table and report carry the agent's rates beside base and teacher, and whole episodes
+    assert set(summary["teacher"]["agent"]) >= {"valid_call_rate", "valid_call_ci", "tool_error_ci", "mean_turns_ci"}
+    assert summary["rounds"][0]["test_agent"]["mean_turns"] == evaluated["mean_turns"]
+    table = (run_dir / "summary.md").read_text()
+    assert "held-out success" in table and "| valid calls" in table and "tool errors" in table
+    report = (run_dir / "report.html").read_text()
+    assert 'id="agent"' in report and f"user: {episode['input']}" in report
 
 
 def test_the_success_step_drops_failed_episodes_and_says_why():

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from protege.config import EvalConfig, Example
-from protege.evaluate.bootstrap import bootstrap_ci, paired_difference, pass_at_k
+from protege.evaluate.bootstrap import bootstrap_ci, paired_difference, pass_at_k, ratio_ci
 from protege.evaluate.task_eval import score_predictions
 
 
@@ -100,3 +100,22 @@ def test_summary_interval_uses_the_eval_config():
     # 90%: 0.5 -+ 1.645 * 0.05
     assert summary["accuracy"] == 0.5 and summary["confidence"] == 0.9
     assert summary["ci"] == pytest.approx([0.418, 0.582], abs=0.02)
+
+
+def test_ratio_ci_of_items_with_one_rate_is_that_rate():
+    # 1 error in 2 calls on every episode: every resample pools to 1/2
+    assert ratio_ci([1, 2, 3], [2, 4, 6]) == (0.5, 0.5)
+    assert ratio_ci([0, 0], [0, 0]) == (0.0, 0.0)  # no calls at all: no errors
+
+
+def test_ratio_ci_of_two_items_spans_their_own_rates():
+    # resamples are {a,a}, {a,b}, {b,b}: rates 0/1, 1/3 and 2/2 -> the interval is [0, 1] by hand
+    low, high = ratio_ci([0, 2], [1, 2], resamples=4000)
+    assert (low, high) == (0.0, 1.0)
+
+
+def test_ratio_ci_narrows_with_more_items_around_the_pooled_rate():
+    # one error in every 4 calls over episodes of 1 or 7 calls: the pooled rate 1/4 by hand
+    small = ratio_ci([0, 2] * 5, [1, 7] * 5, resamples=2000)
+    large = ratio_ci([0, 2] * 50, [1, 7] * 50, resamples=2000)
+    assert small[0] < large[0] <= 0.25 <= large[1] < small[1]

@@ -12,6 +12,7 @@ from typing import Callable
 from ..agents.environment import Environment
 from ..agents.episodes import Episode, Policy, Verifier, run_episodes, verified
 from ..config import EvalConfig, Example, MetricConfig
+from .bootstrap import bootstrap_ci, ratio_ci
 from .metrics import score
 from .task_eval import summarize
 
@@ -33,14 +34,23 @@ def episode_record(index: int, item: Example, episode: Episode) -> dict:
 
 
 def agent_summary(records: list[dict], metric: MetricConfig, cfg: EvalConfig) -> dict:
-    """The task summary (success rate as accuracy, with its interval) and the agent's own rates."""
+    """The task summary (success rate as accuracy, with its interval) and the agent's own rates, each
+    with its bootstrap interval over episodes: valid turns per turn, tool errors per call, turns."""
     details = [r["details"] for r in records]
-    turns, calls = sum(d["turns"] for d in details), sum(d["calls"] for d in details)
+    turns, calls = [d["turns"] for d in details], [d["calls"] for d in details]
+    valid = [t - d["invalid_turns"] for t, d in zip(turns, details)]
+    errors = [d["tool_errors"] for d in details]
     return summarize(records, metric, cfg) | {
         "success_rate": sum(r["score"] for r in records) / max(1, len(records)),
-        "valid_call_rate": 1 - sum(d["invalid_turns"] for d in details) / max(1, turns),
-        "tool_error_rate": sum(d["tool_errors"] for d in details) / max(1, calls),
-        "mean_turns": turns / max(1, len(records)), "tool_calls": calls}
+        "valid_call_rate": sum(valid) / max(1, sum(turns)), "valid_call_ci": pooled_ci(valid, turns, cfg),
+        "tool_error_rate": sum(errors) / max(1, sum(calls)), "tool_error_ci": pooled_ci(errors, calls, cfg),
+        "mean_turns": sum(turns) / max(1, len(records)),
+        "mean_turns_ci": list(bootstrap_ci(turns, cfg.confidence, cfg.bootstrap)) if turns else [0.0, 0.0],
+        "tool_calls": sum(calls)}
+
+
+def pooled_ci(parts: list[int], wholes: list[int], cfg: EvalConfig) -> list[float]:
+    return list(ratio_ci(parts, wholes, cfg.confidence, cfg.bootstrap)) if parts else [0.0, 0.0]
 
 
 def evaluate_episodes(environment: Environment, items: list[Example], policy: Policy, max_turns: int,

@@ -26,6 +26,24 @@ def bootstrap_ci(scores, confidence: float = 0.95, resamples: int = 1000, seed: 
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def _ratio_of_sums(parts, wholes, axis=-1):
+    return np.sum(parts, axis=axis) / np.maximum(np.sum(wholes, axis=axis), 1)
+
+
+def ratio_ci(parts, wholes, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(parts) / sum(wholes), a pooled rate such as tool errors per
+    call: each item's part and whole are resampled together."""
+    parts, wholes = np.asarray(parts, dtype=float), np.asarray(wholes, dtype=float)
+    if parts.shape != wholes.shape or parts.size == 0:
+        raise ValueError(f"ratio_ci: need two equally long, non-empty lists, got {parts.size} and {wholes.size}")
+    point = float(_ratio_of_sums(parts, wholes))
+    if parts.size == 1 or np.all(parts * wholes.sum() == wholes * parts.sum()):
+        return point, point  # every resample has the same rate (scipy refuses a degenerate sample)
+    result = bootstrap((parts, wholes), _ratio_of_sums, n_resamples=resamples, confidence_level=confidence,
+                       method="percentile", vectorized=True, paired=True, rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def paired_difference(a, b, confidence: float = 0.95, resamples: int = 1000, seed: int = 0) -> dict:
     """mean(a) - mean(b) with its interval; a[i] and b[i] are two models on the same item i, so items
     are resampled together (the pairing removes the items' own difficulty from the noise)."""

@@ -39,7 +39,14 @@ class Scored:
         return {**self.summary, "records": str(self.records)}
 
     def interval(self) -> dict:
-        return {"accuracy": self.accuracy, "ci": list(self.ci), "records": str(self.records)}
+        agent = self.agent_rates()
+        return {"accuracy": self.accuracy, "ci": list(self.ci), "records": str(self.records),
+                **({"agent": agent} if agent else {})}
+
+    def agent_rates(self) -> dict | None:
+        """An agent task's own rates with their intervals; None on a single-turn task."""
+        keys = ("valid_call_rate", "valid_call_ci", "tool_error_rate", "tool_error_ci", "mean_turns", "mean_turns_ci")
+        return {key: self.summary[key] for key in keys} if "valid_call_rate" in self.summary else None
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ class Candidate:
                 "dev_accuracy": self.dev.accuracy, "test_records": str(self.test.records),
                 "dev_records": str(self.dev.records),
                 "forgetting": self.forgetting.to_json() if self.forgetting else None,
-                "over_forgetting_limit": self.over_forgetting_limit}
+                "over_forgetting_limit": self.over_forgetting_limit, "test_agent": self.test.agent_rates()}
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,28 @@ def example_items(base: list[dict], student: list[dict]) -> tuple[list[dict], li
     return fixed[:EXAMPLES_SHOWN], failing[:EXAMPLES_SHOWN]
 
 
+def transcript(messages: list[dict]) -> str:
+    """A whole agent episode as lines a reader follows: who spoke, the calls made and what came back."""
+    return "\n".join(transcript_line(m) for m in messages if m.get("role") != "system")
+
+
+def transcript_line(message: dict) -> str:
+    calls = [f"{c['function']['name']}({c['function'].get('arguments', '')})" for c in message.get("tool_calls") or []]
+    said = message.get("content") or ""
+    return f"{message['role']}: " + " ".join(part for part in [said, *(f"-> {call}" for call in calls)] if part)
+
+
+def agent_rows(summary: dict) -> list[tuple[str, dict]]:
+    """(model, its agent rates) for every model of an agent task's run; empty on a single-turn task."""
+    if "agent" not in (summary.get("base") or {}):
+        return []
+    rows = [("base student", summary["base"]["agent"]), ("teacher", summary["teacher"].get("agent"))]
+    rows += [(f"student, round {r['round']}", r.get("test_agent")) for r in summary.get("rounds", [])]
+    sweep = summary.get("merge_sweep") or {"points": []}
+    rows += [(f"round {sweep['round']} merged at {p['strength']:g}", p.get("test_agent")) for p in sweep["points"][1:]]
+    return [(label, rates) for label, rates in rows if rates]
+
+
 def inline_png(png: bytes | None) -> str | None:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii") if png else None
 
@@ -104,6 +126,7 @@ def report_context(summary: dict, run_dir: Path) -> dict:
             "removals": removals_by_reason(removed),
             "removals_recorded": any(resolve(r.get("removed"), run_dir) for r in rounds),
             "fixed": fixed, "failing": failing, "examples_recorded": bool(kept_records),
+            "agent_rows": agent_rows(summary),
             "plots": _plots(summary, data, logs)}
 
 
@@ -138,7 +161,8 @@ def csp_hash(script: str) -> str:
 def render(context: dict) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                              trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(pct=_pct, points=_points, interval=_interval, level=_level, csp_hash=csp_hash)
+    env.filters.update(pct=_pct, points=_points, interval=_interval, level=_level, csp_hash=csp_hash,
+                       transcript=transcript)
     return env.get_template(TEMPLATE).render(**context)
 
 

@@ -20,33 +20,56 @@ def _probe_cell(lost: dict | None) -> str:
     return f"{lost['probe_student']:.1%} ({lost['probe_change']:+.1%})" if lost else "-"
 
 
-def _candidate_row(label: str, candidate: dict, kept: bool) -> tuple[str, ...]:
+def _agent_cells(rates: dict | None) -> tuple[str, ...]:
+    """Valid calls, tool errors and turns of an agent task's model, with intervals."""
+    if not rates:
+        return "-", "-", "-"
+    turns_low, turns_high = rates["mean_turns_ci"]
+    return (_score(rates["valid_call_rate"], rates["valid_call_ci"]),
+            _score(rates["tool_error_rate"], rates["tool_error_ci"]),
+            f"{rates['mean_turns']:.2f} [{turns_low:.2f}, {turns_high:.2f}]")
+
+
+def _candidate_row(label: str, candidate: dict, kept: bool, agent: bool) -> tuple[str, ...]:
     over = " (over limit)" if candidate.get("over_forgetting_limit") else ""
     lost = candidate.get("forgetting")
-    return (f"{label}{' (kept)' if kept else ''}{over}", _score(candidate["test_accuracy"], candidate.get("test_ci")),
-            _probe_cell(lost), *_lost(lost))
+    cells = (f"{label}{' (kept)' if kept else ''}{over}", _score(candidate["test_accuracy"], candidate.get("test_ci")))
+    return cells + (_agent_cells(candidate.get("test_agent")) if agent else ()) + (_probe_cell(lost), *_lost(lost))
+
+
+def _reference_row(label: str, scored: dict, probe: str, agent: bool) -> tuple[str, ...]:
+    cells = (label, _score(scored["accuracy"], scored.get("ci")))
+    return cells + (_agent_cells(scored.get("agent")) if agent else ()) + (probe, "-", "-")
+
+
+def is_agent_task(summary: dict) -> bool:
+    return "agent" in summary["base"]
 
 
 def table_rows(summary: dict) -> list[tuple[str, ...]]:
     base_probe = summary.get("forgetting_base")
     probe = f"{base_probe['probe_accuracy']:.1%}" if base_probe else "-"
-    rows = [("base student", _score(summary["base"]["accuracy"], summary["base"].get("ci")), probe, "-", "-"),
-            ("teacher", _score(summary["teacher"]["accuracy"], summary["teacher"].get("ci")), "-", "-", "-")]
+    agent = is_agent_task(summary)
+    rows = [_reference_row("base student", summary["base"], probe, agent),
+            _reference_row("teacher", summary["teacher"], "-", agent)]
     student = summary["student"]
     merged = student.get("merge")
     for r in summary["rounds"]:
-        rows.append(_candidate_row(f"student, round {r['round']}", r, r["round"] == student["round"] and not merged))
+        rows.append(_candidate_row(f"student, round {r['round']}", r, r["round"] == student["round"] and not merged,
+                                   agent))
     sweep = summary.get("merge_sweep") or {"points": []}
     for point in sweep["points"][1:]:
         kept = bool(merged) and point["strength"] == merged["strength"]
         rows.append(_candidate_row(f"round {sweep['round']} merged at {point['strength']:g} ({sweep['method']})",
-                                   point, kept))
+                                   point, kept, agent))
     return rows
 
 
 def results_table(summary: dict) -> str:
     level = summary.get("confidence", 0.95)
-    header = ("model", f"held-out {summary['metric']} (n={summary['test_items']}) [{level:.0%} CI]",
+    scored = "success" if is_agent_task(summary) else summary["metric"]
+    agent = ("valid calls", "tool errors", "turns") if is_agent_task(summary) else ()
+    header = ("model", f"held-out {scored} (n={summary['test_items']}) [{level:.0%} CI]", *agent,
               "general probe (change)", "negative flips", "perplexity ratio")
     rows = [header] + table_rows(summary)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
