@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Iterator
 
+from ..conversations import normalize_tools
+
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 TOOLS_INTRO = "You can call tools. Their signatures, one JSON object a line, are within <tools></tools>:"
@@ -69,19 +71,6 @@ MALFORMED_JSON, UNKNOWN_TOOL, SCHEMA_MISMATCH, UNCLOSED_BLOCK, EMPTY = (
 
 
 # ---- tool schemas
-
-
-def normalize_tools(tools: list[dict] | None) -> list[dict]:
-    """OpenAI tool schemas {"type": "function", "function": {...}}; a bare function object (glaive's,
-    LLaMA-Factory's) is wrapped. Raises ValueError for a schema without a name."""
-    return [normalized_tool(tool, n) for n, tool in enumerate(tools or [])]
-
-
-def normalized_tool(tool: Any, n: int) -> dict:
-    function = tool.get("function", tool) if isinstance(tool, dict) else None
-    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-        raise ValueError(f"tools[{n}]: expected an OpenAI tool schema with a function name, got {tool!r:.80}")
-    return {"type": "function", "function": function}
 
 
 def functions_by_name(tools: list[dict] | None) -> dict[str, dict]:
