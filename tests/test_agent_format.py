@@ -12,7 +12,7 @@ from protege.models.chat_format import (CALL_CLOSE, CALL_OPEN, EMPTY, MALFORMED_
                                         UNCLOSED_BLOCK, UNKNOWN_TOOL, assistant_spans, assistant_text, chat_text,
                                         normalize_tools, parse_assistant, render_messages, rendered_record,
                                         supports_tools)
-from protege.agents.conversations import last_assistant, read_conversations
+from protege.conversations import last_assistant, read_conversations
 from protege.models.tiny import tiny_tokenizer
 
 # a ChatML template that renders tools: definitions in a system turn, calls as blocks, a `tool` role

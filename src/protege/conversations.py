@@ -29,8 +29,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ..runs import JSONLError, digest
-from ..models.chat_format import normalize_tools
+from .runs import JSONLError, digest
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -334,3 +333,16 @@ def split_results(value: Any, count: int) -> list | None:
     if not isinstance(value, list) or len(value) != count:
         return None
     return [item if isinstance(item, str) else json.dumps(item, ensure_ascii=False) for item in value]
+
+
+def normalize_tools(tools: list[dict] | None) -> list[dict]:
+    """OpenAI tool schemas {"type": "function", "function": {...}}; a bare function object (glaive's,
+    LLaMA-Factory's) is wrapped. Raises ValueError for a schema without a name."""
+    return [normalized_tool(tool, n) for n, tool in enumerate(tools or [])]
+
+
+def normalized_tool(tool: Any, n: int) -> dict:
+    function = tool.get("function", tool) if isinstance(tool, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise ValueError(f"tools[{n}]: expected an OpenAI tool schema with a function name, got {tool!r:.80}")
+    return {"type": "function", "function": function}
