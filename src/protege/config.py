@@ -31,6 +31,15 @@ class Example(Strict):
     output: str = Field("", description="The reference answer.")
     tests: str = Field("", description="code metric: Python run after the answer's code; the answer passes "
                        "when it exits 0. Empty: the reference answer is run as the test.")
+    messages: list[dict] = Field(default_factory=list, description="The whole conversation, when the file holds "
+                                 "chats (OpenAI `messages` or ShareGPT `conversations`): on a task with tools the "
+                                 "request's reference trajectory; otherwise the turns before the last user turn "
+                                 "are context the student sees too, and the last assistant turn is the reference.")
+
+    def context(self) -> list[dict]:
+        """The turns before the one answered (empty for a single-turn example)."""
+        users = [i for i, m in enumerate(self.messages) if m["role"] == "user"]
+        return self.messages[:users[-1]] if users else []
 
 
 class TeacherConfig(Strict):
@@ -457,12 +466,33 @@ def _examples(value, task: LoadedTask, lines, field: str) -> list[Example]:
     if not isinstance(value, str):
         return list(value)
     path = task.directory / value
+    from .conversations import is_chat_file
+    if path.is_file() and is_chat_file(path):
+        return _conversation_examples(path, field)
     rows = _read_jsonl(path, str(task.source), line_of(lines, (field,)), field)
     try:
         return [Example.model_validate(r) for r in rows]
     except ValidationError as exc:
         raise ConfigError(f"{path}: field '{field}': {exc.errors()[0]['msg']} "
                           f"({field_name(exc.errors()[0]['loc'])})") from None
+
+
+def _conversation_examples(path: Path, field: str) -> list[Example]:
+    """A chat file's rows as examples: the request is the last user turn, the reference the last
+    assistant turn, the whole conversation (the task's instruction stands in for its system turn) kept."""
+    from .conversations import last_assistant, read_conversations
+    try:
+        records = read_conversations(path, field)
+    except ValueError as exc:
+        where, _, what = str(exc).partition(": ")
+        raise ConfigError(f"{where}: field '{field}': {what}") from None
+    return [_chat_example(r["messages"], last_assistant(r)) for r in records]
+
+
+def _chat_example(messages: list[dict], reference: dict) -> Example:
+    turns = [m for m in messages if m["role"] != "system"]
+    request = next(m["content"] for m in reversed(turns) if m["role"] == "user")
+    return Example(input=request, output=reference["content"] or "", messages=turns)
 
 
 def _inputs(value, task: LoadedTask, lines) -> list[str]:

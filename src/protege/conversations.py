@@ -50,6 +50,20 @@ def read_conversations(path: str | Path, source: str = "seed") -> list[dict]:
     return [converted_row(path, line, row, convert, source) for line, row in rows]
 
 
+def is_chat_file(path: Path) -> bool:
+    """Whether a data file holds chats: a JSON array (LLaMA-Factory's files), or JSONL whose first row
+    has `messages` or `conversations`."""
+    with open(path, encoding="utf-8") as f:
+        first = next((line.strip() for line in f if line.strip()), "")
+    if first.startswith("["):
+        return True
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False  # the JSONL reader says where
+    return isinstance(row, dict) and bool({"messages", "conversations"} & set(row))
+
+
 def numbered_rows(path: Path) -> list[tuple[int, Any]]:
     """(line, row) for every row: a JSONL file's lines, or the elements of a JSON array."""
     text = path.read_text(encoding="utf-8")

@@ -11,20 +11,24 @@ import unicodedata
 from .runs import digest
 
 
-def task_chat(instruction: str, text: str) -> list[dict]:
-    """The prompt the student sees, in training and in evaluation alike."""
+def task_chat(instruction: str, text: str, context: list[dict] = ()) -> list[dict]:
+    """The prompt the student sees, in training and in evaluation alike; context: the turns of a
+    conversation before the one answered."""
     chat = [{"role": "system", "content": instruction}] if instruction else []
-    return chat + [{"role": "user", "content": text}]
+    return chat + list(context) + [{"role": "user", "content": text}]
 
 
-def sft_record(instruction: str, text: str, answer: str, source: str, round_: int, **meta) -> dict:
-    messages = task_chat(instruction, text) + [{"role": "assistant", "content": answer}]
-    return {"id": digest([source, round_, text, answer]), "messages": messages,
+def sft_record(instruction: str, text: str, answer: str, source: str, round_: int, context: list[dict] = (),
+               **meta) -> dict:
+    messages = task_chat(instruction, text, context) + [{"role": "assistant", "content": answer}]
+    key = [source, round_, text, answer] + ([list(context)] if context else [])
+    return {"id": digest(key), "messages": messages,
             "meta": {"source": source, "round": round_, **meta}}
 
 
 def record_input(record: dict) -> str:
-    return next(m["content"] for m in record["messages"] if m["role"] == "user")
+    """The turn answered: the last user turn (the only one of a single-turn record)."""
+    return next(m["content"] for m in reversed(record["messages"]) if m["role"] == "user")
 
 
 def record_answer(record: dict) -> str:

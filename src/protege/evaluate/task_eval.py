@@ -49,7 +49,7 @@ def evaluate_model(model, tokenizer, items: list[Example], instruction: str, met
                    cfg: EvalConfig, desc: str = "eval") -> tuple[list[dict], dict]:
     """One greedy answer per item, or cfg.samples sampled ones (seeds 0..samples-1) for pass@k."""
     from ..models.generate import generate  # torch: loaded when a model answers, not with the registry
-    chats = [task_chat(instruction, item.input) for item in items]
+    chats = [task_chat(instruction, item.input, item.context()) for item in items]
     if cfg.samples == 1:
         return score_predictions(items, generate(model, tokenizer, chats, cfg.max_new_tokens, cfg.batch_size,
                                                  desc=desc), metric, cfg)

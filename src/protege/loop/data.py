@@ -78,11 +78,15 @@ def write_round0(out: Path, state: RunState, inputs: Round0Inputs) -> int:
 
 
 def seed_records(state: RunState, seeds: list[Example]) -> list[dict]:
-    """The seeds as training records; on an agent task, the teacher's episodes on the seed requests,
-    judged against the seeds' answers."""
-    if state.agent:
-        return trajectories(state, seeds, "seed", 0)
-    return [sft_record(state.spec.instruction, s.input, s.output, "seed", 0) for s in seeds]
+    """The seeds as training records (a conversation seed with its earlier turns). On an agent task a
+    seed's reference trajectory is trained on as it is; the teacher acts on the seeds without one,
+    its episodes judged against their answers."""
+    instruction = state.spec.instruction
+    if not state.agent:
+        return [sft_record(instruction, s.input, s.output, "seed", 0, s.context()) for s in seeds]
+    from ..synth.trajectories import reference_record
+    given = [reference_record(instruction, state.agent.environment.schemas, s) for s in seeds if s.messages]
+    return given + trajectories(state, [s for s in seeds if not s.messages], "seed", 0)
 
 
 def label(state: RunState, texts: list[str], source: str, round_: int = 0) -> list[dict]:

@@ -3,6 +3,7 @@ ability probe and what a model lost against its base, the judge, and paired comp
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +101,16 @@ class AgentTeacherEvalInputs(TeacherEvalInputs):
 def teacher_answers(state: RunState, inputs: TeacherEvalInputs) -> tuple[list, dict]:
     from ..evaluate.task_eval import score_predictions
     from ..teachers import TeacherRequest
-    requests = [TeacherRequest("answer", inputs.instruction, input=t.input) for t in inputs.test]
+    requests = [TeacherRequest("answer", inputs.instruction, input=t.input, context=conversation_context(t))
+                for t in inputs.test]
     replies = state.teacher.complete(requests)
     return score_predictions(inputs.test, [r or "" for r in replies], inputs.metric, inputs.eval)
+
+
+def conversation_context(item: Example) -> str:
+    """The earlier turns of a conversation item, as a teacher request carries them ("" when none, so
+    single-turn requests and their cache keys stay as they were)."""
+    return json.dumps(item.context()) if item.messages else ""
 
 
 def teacher_episodes(state: RunState, inputs: TeacherEvalInputs) -> tuple[list, dict]:

@@ -48,3 +48,13 @@ def episode_record(instruction: str, tools: list[dict], episode: Episode, source
     success = None if episode.score < 0 else bool(episode.score)
     return {"id": digest([source, round_, messages]), "messages": messages, "tools": tools,
             "meta": {"source": source, "round": round_, "success": success, **episode.summary()}}
+
+
+def reference_record(instruction: str, tools: list[dict], seed: Example) -> dict:
+    """A seed's own trajectory as a training record, trusted as a success: the user wrote it."""
+    messages = ([{"role": "system", "content": instruction}] if instruction else []) + seed.messages
+    calls = sum(len(m.get("tool_calls") or []) for m in seed.messages)
+    turns = sum(m["role"] == "assistant" for m in seed.messages)
+    return {"id": digest(["seed", 0, messages]), "messages": messages, "tools": tools,
+            "meta": {"source": "seed", "round": 0, "success": True, "reference": True, "turns": turns,
+                     "calls": calls, "finished": True}}

@@ -107,6 +107,8 @@ class TeacherRequest:
     # request stays hashable; the reply is the assistant message as JSON (see act_reply).
     episode: str = ""
     tools: str = ""
+    # purpose=answer on a conversation: the turns before the input, as JSON text (hashable)
+    context: str = ""
 
     def messages(self) -> list[dict]:
         """purpose=act: the episode so far, without the system message (chat() adds the instruction)."""
@@ -120,7 +122,7 @@ class TeacherRequest:
         if self.purpose == "act":
             return [{"role": "system", "content": self.instruction}, *self.messages()]
         if self.purpose == "answer":
-            return [{"role": "system", "content": self.instruction},
+            return [{"role": "system", "content": self.instruction}, *json.loads(self.context or "[]"),
                     {"role": "user", "content": self.input}]
         if self.purpose == "critique":
             return self._graded(CRITIQUE_SYSTEM, CRITIQUE_USER)
