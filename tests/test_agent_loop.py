@@ -101,3 +101,18 @@ def test_the_agent_task_file_says_what_is_wrong_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "task.yaml" in err and "grpo does not train on agent episodes" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tool_that_cannot_be_loaded_is_a_task_file_error(tmp_path, capsys):
+    import shutil
+    shop = tmp_path / "shop"
+    shutil.copytree(SHOP, shop)
+    (shop / "extra.py").write_text('def untyped(x):\n    """No type hint."""\n    return x\n')
+    task = (shop / "task.yaml").read_text().replace("  timeout: 5\n", "  timeout: 5\n  functions: ['extra:untyped']\n")
+    (shop / "task.yaml").write_text(task)
+    line = task.splitlines().index("tools:") + 1
+    assert main(["run", str(shop), "--run-dir", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {shop / 'task.yaml'}:{line}: field 'tools': tool 'untyped' (extra:untyped): "
+                   "parameter 'x' has no type hint"]
+    assert not (tmp_path / "run").exists()

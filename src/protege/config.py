@@ -348,9 +348,15 @@ class LoadedTask:
 
     def __init__(self, spec: TaskSpec, directory: Path, source: Path | None):
         self.spec, self.directory, self.source = spec, directory, source
+        self.lines: dict[tuple, int] = {}  # key path -> line in the task file, for errors found later
         self.seeds: list[Example] = []
         self.inputs: list[str] = []
         self.test: list[Example] = []
+
+    def config_error(self, field: str, message: str) -> ConfigError:
+        """An error in a field that only shows when what it names is loaded (a tool, a verifier)."""
+        line = line_of(self.lines, tuple(field.split(".")))
+        return ConfigError(f"{self.source or self.directory}:{line}: field '{field}': {message}")
 
 
 def _line_index(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
@@ -515,6 +521,7 @@ def load_task(target: str | Path, overrides: list[str] = ()) -> LoadedTask:
         raise ConfigError(f"{path}:1: field '(document)': task file not found")
     spec, lines = parse_spec(path.read_text(encoding="utf-8"), str(path), overrides)
     task = LoadedTask(spec, path.parent.resolve(), path)
+    task.lines = lines
     task.seeds = _examples(spec.seeds, task, lines, "seeds")
     task.inputs = _inputs(spec.inputs, task, lines)
     task.test = _examples(spec.test, task, lines, "test")

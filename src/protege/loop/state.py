@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..config import LoadedTask, TaskSpec, ToolsConfig
+from ..config import LoadedTask, TaskSpec
 from ..models import load_model, model_dir, pick_device
 from ..runs import Run, digest
 from ..teachers import CachedTeacher, affordable, cached_teacher
@@ -92,11 +92,17 @@ class AgentSetup:
     identity: str
 
 
-def agent_setup(cfg: ToolsConfig, task_dir: Path) -> AgentSetup:
+def agent_setup(task: LoadedTask) -> AgentSetup:
+    """A tool, environment or verifier that cannot be loaded is an error in the task file's tools
+    section (exit 2, nothing written), said with its line."""
     from ..agents.environment import load_tools
     from ..teachers import load_callable
-    environment = load_tools(cfg, task_dir)
-    verifier = load_callable(cfg.verifier, task_dir) if cfg.verifier else None
+    cfg = task.spec.tools
+    try:
+        environment = load_tools(cfg, task.directory)
+        verifier = load_callable(cfg.verifier, task.directory) if cfg.verifier else None
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise task.config_error("tools", str(exc)) from None
     sources = sorted({inspect.getsourcefile(code) for code in environment.code()})
     return AgentSetup(environment, verifier, digest([cfg.model_dump(), *(Path(f).read_text() for f in sources)]))
 
@@ -143,6 +149,6 @@ def prepare(task: LoadedTask, run_dir: Path, say: Callable[[str], None] = say_pr
     students = StudentLoader(base_dir, device)
     teacher = cached_teacher(spec.teacher, task.directory, (lambda: students.load(None), base.identity))
     judge = cached_teacher(spec.judge.teacher, task.directory) if spec.judge.teacher else None
-    agent = agent_setup(spec.tools, task.directory) if spec.tools else None
+    agent = agent_setup(task) if spec.tools else None
     return RunState(task=task, run=Run(run_dir), device=device, base=base, students=students, teacher=teacher,
                     budget=Budget(spec.budget.requests, spec.budget.tokens), say=say, judge=judge, agent=agent)
