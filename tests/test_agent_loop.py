@@ -116,3 +116,15 @@ def test_a_tool_that_cannot_be_loaded_is_a_task_file_error(tmp_path, capsys):
     assert err == [f"error: {shop / 'task.yaml'}:{line}: field 'tools': tool 'untyped' (extra:untyped): "
                    "parameter 'x' has no type hint"]
     assert not (tmp_path / "run").exists()
+
+
+def test_labeled_requests_are_taken_only_as_far_as_the_budget_affords_whole_episodes(tmp_path):
+    # every episode may take max_turns (6) requests: after the seeds, the budget affords (100 - seeds) // 6
+    run_dir = tmp_path / "run"
+    assert main(["run", str(SHOP), "--run-dir", str(run_dir), *TINY, "--set", "budget.requests=100"]) == 0
+    stages = {p.name.rsplit("-", 1)[0]: p for p in (run_dir / "stages").iterdir()}
+    records = read_jsonl(stages["synth-r0"] / "data.jsonl")
+    seed_requests = sum(r["meta"]["turns"] for r in records if r["meta"]["source"] == "seed")
+    assert sum(r["meta"]["source"] == "teacher" for r in records) == (100 - seed_requests) // 6
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["teacher_requests"]["spent"] <= 100

@@ -64,17 +64,24 @@ def synthesize_round0(state: RunState) -> Round0Data:
 
 def write_round0(out: Path, state: RunState, inputs: Round0Inputs) -> int:
     """Writes data.jsonl (and the methods' files); returns the requests made to other teachers."""
-    start = state.teacher.stats.requests
+    start, cost = state.teacher.stats.requests, answer_cost(state)
     records = seed_records(state, inputs.seeds)
-    labeled = inputs.inputs[:inputs.budget] if inputs.synth.label_inputs else []
+    left = max(0, inputs.budget - (state.teacher.stats.requests - start))  # the seeds are used whatever they cost
+    labeled = inputs.inputs[:left // cost] if inputs.synth.label_inputs else []
     records += label(state, labeled, "teacher")
-    records += expanded(state, inputs, inputs.budget - len(labeled))
+    records += expanded(state, inputs, left - len(labeled) * cost)
     extra = 0
     if inputs.synth.methods:
         records, extra = run_synth_methods(out, state, inputs, records,
                                            inputs.budget - (state.teacher.stats.requests - start))
     write_jsonl(out / "data.jsonl", records)
     return extra
+
+
+def answer_cost(state: RunState) -> int:
+    """Teacher requests one labeled input may take: an answer is one, an agent's episode one a turn,
+    up to max_turns. Inputs are taken only as far as the request budget affords that much."""
+    return state.spec.tools.max_turns if state.agent else 1
 
 
 def seed_records(state: RunState, seeds: list[Example]) -> list[dict]:
@@ -109,11 +116,12 @@ def expanded(state: RunState, inputs: Round0Inputs, budget: int) -> list[dict]:
     """New inputs from the task's generator, or written by the teacher from k random seeds; labeled."""
     from ..synth.self_instruct import inputs_from_generator, inputs_from_teacher
     synth = inputs.synth
+    cost = answer_cost(state)
     if synth.generator:
-        new = inputs_from_generator(synth.generator, state.task.directory, synth.expand, inputs.seed)[:budget]
+        new = inputs_from_generator(synth.generator, state.task.directory, synth.expand, inputs.seed)[:budget // cost]
     else:
         pool = [s.input for s in inputs.seeds] + inputs.inputs
-        new = inputs_from_teacher(state.teacher, inputs.instruction, pool, min(synth.expand, budget // 2),
+        new = inputs_from_teacher(state.teacher, inputs.instruction, pool, min(synth.expand, budget // (1 + cost)),
                                   synth.seeds_per_prompt, inputs.seed)
     return label(state, new, "expand")
 
@@ -216,8 +224,9 @@ def synthesize_failures(state: RunState, round_: int, failures: list[str]) -> Pa
     """The teacher writes new inputs like each failure the budget affords, and answers them."""
     spec = state.spec
     per = spec.synth.per_failure
-    inputs = FailureSynthInputs(state.teacher.backend.identity(), failures[:state.budget.left // max(1, 2 * per)],
-                                per, spec.instruction, round_, [t.input for t in state.task.test])
+    affordable = state.budget.left // max(1, per * (1 + answer_cost(state)))  # a new input: written, then answered
+    inputs = FailureSynthInputs(state.teacher.backend.identity(), failures[:affordable], per, spec.instruction,
+                                round_, [t.input for t in state.task.test])
     if state.agent:
         inputs = AgentFailureSynthInputs(**vars(inputs), tools=state.agent.identity)
 
