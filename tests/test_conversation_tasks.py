@@ -106,3 +106,36 @@ def test_an_agent_seed_with_a_reference_trajectory_trains_as_given(tmp_path):
     assert len(seeds) == 1 and seeds[0]["meta"]["reference"] is True
     assert seeds[0]["messages"][1:] == load_task(shop).seeds[0].messages
     assert {t["function"]["name"] for t in seeds[0]["tools"]} >= {"get_shipment", "issue_refund"}
+
+
+GLAIVE = [{"conversations": [
+    {"from": "human", "value": "What is the weather in Paris?"},
+    {"from": "function_call", "value": json.dumps({"name": "weather", "arguments": {"city": "Paris"}})},
+    {"from": "observation", "value": json.dumps({"celsius": 21})},
+    {"from": "gpt", "value": "21 degrees."}],
+    "tools": json.dumps([{"name": "weather", "description": "Weather of a city.",
+                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}])}]
+
+
+def test_train_reads_sharegpt_function_call_data_as_llama_factory_writes_it(tmp_path):
+    data = tmp_path / "glaive.json"
+    data.write_text(json.dumps(GLAIVE * 3, indent=2))
+    run_dir = tmp_path / "run"
+    args = ["train", str(memory_task(tmp_path / "memory")), "--data", str(data), "--run-dir", str(run_dir), *TINY]
+    assert main(args) == 0
+    converted = read_jsonl(run_dir / "given-glaive.jsonl")
+    assert converted[0]["messages"][1]["tool_calls"][0]["function"] == {"name": "weather",
+                                                                         "arguments": '{"city": "Paris"}'}
+    assert converted[0]["messages"][2]["role"] == "tool" and converted[0]["tools"][0]["function"]["name"] == "weather"
+    assert any((run_dir / "stages").glob("train-r0-*/model"))
+
+
+def test_train_data_with_a_bad_row_names_file_line_and_field(tmp_path, capsys):
+    data = tmp_path / "glaive.json"
+    bad = {"conversations": [{"from": "human", "value": "hi"}, {"from": "function_call", "value": "not json"}]}
+    data.write_text(json.dumps([GLAIVE[0], bad], indent=2))
+    args = ["train", str(memory_task(tmp_path / "memory")), "--data", str(data), "--run-dir", str(tmp_path / "r"), *TINY]
+    assert main(args) == 2
+    second = [n for n, line in enumerate(data.read_text().splitlines(), 1) if line == "  {"][1]  # row 2 starts
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {data}:{second}: field 'data': ") and err.count("\n") == 0

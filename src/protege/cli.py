@@ -55,9 +55,8 @@ def cmd_train(args) -> int:
         task.spec.train.method = args.method
     state = prepare(task, _run_dir(args, task))
     if args.data:
-        data, pairs = Path(args.data), None
-        if not data.is_file():
-            raise ConfigError(f"{data}:1: field 'data': file not found")
+        from .loop.data import given_records
+        data, pairs = given_records(state, Path(args.data)), None
     else:
         round0 = synthesize_round0(state)
         data, pairs = curate_round(state, 0, [round0.data], None).train, round0.pairs

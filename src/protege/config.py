@@ -486,13 +486,18 @@ def _examples(value, task: LoadedTask, lines, field: str) -> list[Example]:
 def _conversation_examples(path: Path, field: str) -> list[Example]:
     """A chat file's rows as examples: the request is the last user turn, the reference the last
     assistant turn, the whole conversation (the task's instruction stands in for its system turn) kept."""
-    from .conversations import last_assistant, read_conversations
+    from .conversations import last_assistant
+    return [_chat_example(r["messages"], last_assistant(r)) for r in read_chat_file(path, field, field)]
+
+
+def read_chat_file(path: Path, field: str, source: str) -> list[dict]:
+    """A chat file's rows as records; a bad row is a ConfigError naming the file, line and field."""
+    from .conversations import read_conversations
     try:
-        records = read_conversations(path, field)
+        return read_conversations(path, source)
     except ValueError as exc:
         where, _, what = str(exc).partition(": ")
         raise ConfigError(f"{where}: field '{field}': {what}") from None
-    return [_chat_example(r["messages"], last_assistant(r)) for r in records]
 
 
 def _chat_example(messages: list[dict], reference: dict) -> Example:

@@ -53,15 +53,21 @@ def read_conversations(path: str | Path, source: str = "seed") -> list[dict]:
 def is_chat_file(path: Path) -> bool:
     """Whether a data file holds chats: a JSON array (LLaMA-Factory's files), or JSONL whose first row
     has `messages` or `conversations`."""
+    return chat_layout(path) is not None
+
+
+def chat_layout(path: Path) -> str | None:
+    """"array" (a JSON array of rows), "messages" or "conversations" (JSONL, by its first row's key), or
+    None for a file of other rows; a first line that is no JSON is None too: the JSONL reader says where."""
     with open(path, encoding="utf-8") as f:
         first = next((line.strip() for line in f if line.strip()), "")
     if first.startswith("["):
-        return True
+        return "array"
     try:
         row = json.loads(first)
     except json.JSONDecodeError:
-        return False  # the JSONL reader says where
-    return isinstance(row, dict) and bool({"messages", "conversations"} & set(row))
+        return None
+    return next((key for key in ("messages", "conversations") if isinstance(row, dict) and key in row), None)
 
 
 def numbered_rows(path: Path) -> list[tuple[int, Any]]:

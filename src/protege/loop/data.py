@@ -237,3 +237,17 @@ def synthesize_failures(state: RunState, round_: int, failures: list[str]) -> Pa
         write_jsonl(out / "data.jsonl", label(state, [p for p, _ in written], f"failure-round-{round_}", round_))
 
     return teacher_stage(state, f"synth-r{round_}", inputs, build, count_requests=True) / "data.jsonl"
+
+
+def given_records(state: RunState, path: Path) -> Path:
+    """`protege train --data FILE`: protege's JSONL as it is; a ShareGPT file, or any JSON array of
+    chats (LLaMA-Factory's data files), converted on read into records in the run directory."""
+    from ..config import ConfigError, read_chat_file
+    from ..conversations import chat_layout
+    if not path.is_file():
+        raise ConfigError(f"{path}:1: field 'data': file not found")
+    if chat_layout(path) not in ("array", "conversations"):
+        return path
+    converted = state.run.root / f"given-{path.stem}.jsonl"
+    write_jsonl(converted, read_chat_file(path, "data", "given"))
+    return converted
