@@ -47,7 +47,7 @@ def batch(dirs):
     _, tokenizer = load_model(dirs["big"])
     prompts = chat_prompts(tokenizer, CHATS)
     assert len(prompts[0]) != len(prompts[1])
-    return batch_inputs(tokenizer, prompts, [], None), tokenizer
+    return batch_inputs(tokenizer, prompts, []), tokenizer
 
 
 def test_scores_combine_log_probabilities_by_hand():

@@ -4,12 +4,12 @@ is encoded once. Where vLLM is installed and the model sits on a GPU, vLLM gener
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StaticCache
 
 from ..records import task_chat
 from . import vllm_generate
@@ -37,13 +37,23 @@ def sampling_kwargs(temperature: float) -> dict:
 
 
 def prefix_cache(model, prefix: list[int]):
-    """The KV cache of the shared prefix, computed once and copied into every batch."""
+    """The KV cache of the shared prefix, computed once for every batch."""
     if not prefix:
         return None
     return model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True).past_key_values
 
 
-def batch_inputs(tokenizer, prompts: list[list[int]], prefix: list[int], cache) -> dict:
+def static_cache(model, prefix_kv, rows: int, length: int) -> StaticCache:
+    """A cache of `length` positions for `rows` rows that starts with the shared prefix. Decoding
+    writes each step in place; a dynamic cache concatenates, copying every layer's whole cache at
+    every step, which on long prompts (an agent's episode) costs more than the model itself."""
+    cache = StaticCache(config=model.config, max_cache_len=length)
+    for layer, shared in zip(cache.layers, prefix_kv.layers if prefix_kv is not None else []):
+        layer.update(shared.keys.expand(rows, -1, -1, -1), shared.values.expand(rows, -1, -1, -1))
+    return cache
+
+
+def batch_inputs(tokenizer, prompts: list[list[int]], prefix: list[int]) -> dict:
     """The shared prefix, then each prompt's own tokens left-padded: padding sits between the two, and
     the attention mask hides it (generate derives position ids from the mask, so positions stay right)."""
     own = tokenizer.pad({"input_ids": [p[len(prefix):] for p in prompts]}, padding_side="left",
@@ -53,9 +63,6 @@ def batch_inputs(tokenizer, prompts: list[list[int]], prefix: list[int], cache) 
                                      own["input_ids"]], dim=1),
              "attention_mask": torch.cat([torch.ones(rows, len(prefix), dtype=torch.long),
                                           own["attention_mask"]], dim=1)}
-    if cache is not None:
-        batch["past_key_values"] = copy.deepcopy(cache)
-        batch["past_key_values"].batch_repeat_interleave(rows)
     return batch
 
 
@@ -77,9 +84,11 @@ def generate(model, tokenizer, chats: list[list[dict]], max_new_tokens: int = 32
     with tqdm(total=len(prompts), desc=desc, unit="item", leave=False) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            batch = batch_inputs(tokenizer, [prompts[i] for i in chunk], prefix, cache)
-            batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            batch = {k: v.to(model.device) for k, v in batch_inputs(tokenizer, [prompts[i] for i in chunk],
+                                                                     prefix).items()}
+            rows, length = batch["input_ids"].shape
+            out = model.generate(**batch, past_key_values=static_cache(model, cache, rows, length + max_new_tokens),
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id, **sampling_kwargs(temperature))
             for i, row in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
                 replies[i] = tokenizer.decode(row, skip_special_tokens=True).strip()

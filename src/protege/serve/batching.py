@@ -68,7 +68,7 @@ def generate_rows(model, tokenizer, prompts: list[list[int]], max_tokens: list[i
                   temperature: float) -> list[Generation]:
     """generate_batch with a max_tokens per prompt: the batch runs to the largest, each row is cut at its
     own, so a greedy row gets the reply it would get alone."""
-    batch = {k: v.to(model.device) for k, v in batch_inputs(tokenizer, prompts, [], None).items()}
+    batch = {k: v.to(model.device) for k, v in batch_inputs(tokenizer, prompts, []).items()}
     stops = stop_token_ids(model, tokenizer)
     out = model.generate(**batch, max_new_tokens=max(max_tokens), pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=sorted(stops), **sampling_kwargs(temperature))
