@@ -335,8 +335,17 @@ def result_text(value: Any) -> str:
     return str(value)
 
 
+FAILURE_MARK = "error: "  # how every failure's one line begins
+
+
 def failure(kind: ResultKind, text: str) -> ToolResult:
-    return ToolResult(f"error: {' '.join(text.split())}", True, kind)
+    return ToolResult(f"{FAILURE_MARK}{' '.join(text.split())}", True, kind)
+
+
+def is_failure(content: str) -> bool:
+    """Whether a tool message's content is a failure call_tool reported (a tool that itself returns text
+    beginning with "error: " reads the same)."""
+    return content.startswith(FAILURE_MARK)
 
 
 def validation_text(exc: ValidationError) -> str:
