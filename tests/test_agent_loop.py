@@ -90,7 +90,7 @@ def test_a_task_with_tools_refuses_methods_that_do_not_train_on_episodes():
     test = [Example(input="a", output="b")]
     with pytest.raises(ValueError, match="train.method dpo does not train on agent episodes; use sft"):
         TaskSpec(test=test, tools={"environment": "shop:Shop"}, train={"method": "dpo"})
-    with pytest.raises(ValueError, match="synth.methods work on single-turn records"):
+    with pytest.raises(ValueError, match="synth method magpie works on single-turn tasks"):
         TaskSpec(test=test, tools={"environment": "shop:Shop"}, synth={"methods": ["magpie"]})
 
 

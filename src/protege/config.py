@@ -332,15 +332,28 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _agent_tasks_train_on_episodes(self) -> "TaskSpec":
-        if self.tools is None:
-            return self
-        if not getattr(self.train.method, "trains_on_episodes", False):
+        if self.tools is not None and not getattr(self.train.method, "trains_on_episodes", False):
             able = [name for name in TRAIN.names() if getattr(TRAIN.options(name), "trains_on_episodes", False)]
             raise ValueError(f"train.method {self.train.method.name} does not train on agent episodes; "
                              f"use {', '.join(able)} for a task with tools")
-        if self.synth.methods:
-            raise ValueError("synth.methods work on single-turn records; a task with tools takes none")
         return self
+
+    @model_validator(mode="after")
+    def _synth_methods_fit_the_task(self) -> "TaskSpec":
+        """A synthesis method works on single-turn tasks unless its options declare works_on = "agent"."""
+        kind = "agent" if self.tools is not None else "single-turn"
+        for method in self.synth.methods:
+            if works_on(method) != kind:
+                able = [name for name in SYNTH.names() if works_on(SYNTH.options(name)) == kind]
+                task = "an agent task (it has tools)" if self.tools is not None else "a single-turn task (no tools)"
+                raise ValueError(f"synth method {method.name} works on {works_on(method)} tasks, and this is "
+                                 f"{task}; methods for it: {', '.join(able) or 'none'}")
+        return self
+
+
+def works_on(method: Any) -> str:
+    """The kind of task a synthesis method (its options, or their model) works on."""
+    return getattr(method, "works_on", "single-turn")
 
 
 class LoadedTask:

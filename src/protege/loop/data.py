@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import CurateConfig, Example, MetricConfig, SynthConfig
 from ..runs import read_jsonl, write_json, write_jsonl
@@ -16,6 +17,9 @@ from .results import Curated
 from .scoring import evaluate
 from .stage import StageInputs, teacher_stage
 from .state import ModelRef, RunState
+
+if TYPE_CHECKING:
+    from ..synth.registry import AgentSynth
 
 
 @dataclass(frozen=True)
@@ -132,11 +136,22 @@ def run_synth_methods(out: Path, state: RunState, inputs: Round0Inputs, records:
     methods = SynthContext(state.teacher, inputs.instruction, budget, metric=inputs.metric,
                            task_dir=state.task.directory, seed=inputs.seed, exclude=inputs.test,
                            student=state.base_student, student_id=inputs.student, device=state.device,
-                           max_new_tokens=inputs.max_new_tokens, say=state.say)
+                           max_new_tokens=inputs.max_new_tokens, say=state.say, agent=agent_synth(state))
     records = run_methods(records, inputs.synth.methods, methods)
     write_jsonl(out / "pairs.jsonl", methods.pairs)
     write_json(out / "methods.json", {"steps": methods.notes, "extra_requests": methods.extra_requests})
     return records, methods.extra_requests
+
+
+def agent_synth(state: RunState) -> AgentSynth | None:
+    """What an agent method acts with (None on a single-turn task): its episodes are judged as the
+    teacher's are, by the verifier or the metric against a seed's answer."""
+    from ..synth.registry import AgentSynth
+    from ..synth.trajectories import success_judge
+    if not state.agent:
+        return None
+    judge = success_judge(state.task.seeds, state.spec.metric, state.agent.verifier)
+    return AgentSynth(state.agent.environment, judge, state.spec.tools.max_turns)
 
 
 @dataclass(frozen=True)

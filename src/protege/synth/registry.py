@@ -8,14 +8,19 @@ meta.task_answer = False. Preference pairs are no chat records: they go to ctx.p
 
 The context holds what the methods share: the task's teacher and the request budget they all draw
 from, the base student (loaded on first use), the test inputs no method may add, and the notes
-that say what each step made and dropped (the stage's methods.json)."""
+that say what each step made and dropped (the stage's methods.json).
+
+A method works on single-turn tasks unless its options say otherwise: AgentStep's
+`works_on = "agent"` marks one that acts in an agent task's environment (ctx.agent: the environment,
+the success judge, the turn limit), and the task spec refuses a method on the other kind of task.
+Agent methods make episode records (synth/trajectories.episode_record)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Sequence
 
 from pydantic import Field
 
@@ -24,6 +29,33 @@ from ..records import normalize
 from ..registry import METRIC, SYNTH
 from ..teachers import TeacherRequest
 from ..records import is_task_answer, record_answer, record_input  # noqa: F401 (is_task_answer: re-exported)
+
+if TYPE_CHECKING:
+    from ..agents.environment import Environment
+    from ..agents.episodes import Episode
+
+WorksOn = Literal["single-turn", "agent"]  # what config.works_on reads of a method's options
+
+
+class AgentStep(Strict):
+    """Options of a method that acts in an agent task's environment (it reads ctx.agent)."""
+
+    works_on: ClassVar[WorksOn] = "agent"
+
+
+@dataclass(frozen=True)
+class AgentSynth:
+    """What an agent method needs of the task: the environment every episode gets a fresh copy of, whether
+    an episode succeeded (None: nothing can tell; it sees the episode while its environment is open),
+    and the turns an episode may take."""
+
+    environment: Environment
+    judge: Callable[[Episode], bool | None]
+    max_turns: int
+
+    @property
+    def schemas(self) -> list[dict]:
+        return self.environment.schemas
 
 
 class StudentSampledStep(Strict):
@@ -56,6 +88,7 @@ class SynthContext:
     notes: list[dict] = field(default_factory=list)  # one per step run: what it made, dropped, asked
     extra_requests: int = 0  # requests to teachers other than the task's (an ensemble's), charged too
     step_seed: int = 0  # the seed of the step running: two steps of one kind ask different things
+    agent: AgentSynth | None = None  # an agent task's environment and judge; None: a single-turn task
 
     def __post_init__(self) -> None:
         self._start = self.teacher.stats.requests
@@ -76,6 +109,12 @@ class SynthContext:
         if self.student is None:
             raise ValueError(f"synthesis method '{step}' samples the student, which this run did not provide")
         return self.student()
+
+    def need_agent(self, step: str) -> AgentSynth:
+        if self.agent is None:
+            raise ValueError(f"synthesis method '{step}' acts in an agent task's environment, which this run "
+                             "did not provide")
+        return self.agent
 
     def other_teacher(self, cfg: TeacherConfig):
         """A teacher besides the task's (an ensemble member), behind the same SQLite cache."""
