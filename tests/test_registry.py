@@ -95,7 +95,7 @@ def test_markdown_table_has_each_option_with_type_default_and_description(demo):
 
 def test_every_kind_has_its_methods_registered():
     assert set(SYNTH.names()) == {"self-instruct", "evol-instruct", "magpie", "llm2llm", "critique", "rejection",
-                                  "preference-pairs", "reflection", "refusal"}
+                                  "preference-pairs", "reflection", "refusal", "expert-failures", "agent-refine"}
     assert set(CURATE.names()) == {"decontaminate", "dedup", "diversity", "quality", "perplexity", "ifd",
                                    "curriculum", "mixture", "success"}
     assert set(TRAIN.names()) == {"sft", "masked-thought", "cft", "dpo", "distill", "grpo"}

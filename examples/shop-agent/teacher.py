@@ -74,9 +74,14 @@ def new_request(example: str, sample: int) -> str | None:
 def act(messages: list[dict], tools: list[dict] | None = None) -> dict:
     """The next assistant message of the episode so far."""
     intent, details = parse_request(next(m["content"] for m in messages if m["role"] == "user"))
-    results = [tool_result(m["content"]) for m in messages if m["role"] == "tool"]
+    # a call the tools refused (unknown tool, bad arguments) did nothing: the expert makes it again, right
+    results = [tool_result(m["content"]) for m in messages if m["role"] == "tool" and not refused(m["content"])]
     step = PLANS[intent](details, results)
     return step if isinstance(step, dict) else {"role": "assistant", "content": step}
+
+
+def refused(content: str) -> bool:
+    return content.startswith(("error: unknown tool", "error: bad arguments", "error: bad JSON"))
 
 
 def tool_result(content: str):

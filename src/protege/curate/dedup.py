@@ -8,6 +8,7 @@ both worth training on."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -59,7 +60,7 @@ def dedup(records: list[dict], cfg: DedupStep = DedupStep()) -> tuple[list[dict]
     index = _NearIndex(cfg)
     kept, removed = [], []
     for record in records:
-        key, answer = normalize(record_input(record)), normalize(record_answer(record))
+        key, answer = normalize(record_input(record)), normalize(reply_text(record))
         alternative = record.get("meta", {}).get("alternative", False)
         if key in exact and (not alternative or answer in answers[key]):
             removed.append({"id": record["id"], "reason": "duplicate", "of": exact[key]})
@@ -74,6 +75,15 @@ def dedup(records: list[dict], cfg: DedupStep = DedupStep()) -> tuple[list[dict]
         index.add(record, key)
         kept.append(record)
     return kept, removed
+
+
+def reply_text(record: dict) -> str:
+    """What an alternative must not repeat: a record's answer, or an agent episode's every turn after the
+    request (two episodes of one request that end in the same answer may still differ in their calls)."""
+    if not record.get("tools"):
+        return record_answer(record)
+    last_user = max(i for i, m in enumerate(record["messages"]) if m["role"] == "user")
+    return json.dumps([[m.get("content"), m.get("tool_calls")] for m in record["messages"][last_user + 1:]])
 
 
 class _NearIndex:
