@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..models.chat_format import message_problems
 from ..teachers import CachedTeacher, act_request
 from .environment import Environment
 from .tools import Toolbox, call_tool
@@ -107,10 +108,13 @@ def advance(episode: Episode, step: Step) -> None:
 
 
 def teacher_policy(teacher: CachedTeacher, instruction: str, tools: list[dict], sample: int = 0) -> Policy:
-    """A teacher (function, OpenAI-compatible, ...) as a policy: one cached request per live episode."""
+    """A teacher (function, OpenAI-compatible, local, ...) as a policy: one cached request per live
+    episode. Its turns are checked against the tools' schemas as the student's are, so that an invalid
+    turn counts the same whoever wrote it."""
     def act(histories: list[list[dict]]) -> list[Step]:
         replies = teacher.complete([act_request(instruction, h, tools, sample) for h in histories])
-        return [Step(json.loads(reply) if reply else None) for reply in replies]
+        messages = [json.loads(reply) if reply else None for reply in replies]
+        return [Step(m, m is None or not message_problems(m, tools)) for m in messages]
     return act
 
 
@@ -118,21 +122,11 @@ def student_policy(model, tokenizer, instruction: str, tools: list[dict], max_ne
                    batch_size: int = 32) -> Policy:
     """A model as a policy: one batched generation per turn over every live episode, each rendered by
     chat_format for the model's template and its reply parsed back into tool calls (their validity
-    counted)."""
-    from ..models.generate import generate
-    from ..models.chat_format import parse_assistant, render_messages, supports_tools
-    native = supports_tools(tokenizer)
-    system = [{"role": "system", "content": instruction}] if instruction else []
+    counted). The local and self teachers act through the same models.acting."""
+    from ..models.acting import act, agent_chat
 
-    def act(histories: list[list[dict]]) -> list[Step]:
-        chats = [render_messages(system + history, tools, tokenizer) for history in histories]
-        texts = generate(model, tokenizer, chats, max_new_tokens, batch_size, desc="agent turn",
-                         tools=tools if native else None)
-        turns = [parse_assistant(text, tools, calls_so_far(history)) for text, history in zip(texts, histories)]
+    def step(histories: list[list[dict]]) -> list[Step]:
+        turns = act(model, tokenizer, [agent_chat(instruction, h) for h in histories], tools, max_new_tokens,
+                    batch_size)
         return [Step(turn.message, turn.valid) for turn in turns]
-    return act
-
-
-def calls_so_far(history: list[dict]) -> int:
-    """Tool calls already in the episode: the next call's id numbers on from them."""
-    return sum(len(m.get("tool_calls") or []) for m in history)
+    return step

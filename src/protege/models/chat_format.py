@@ -407,6 +407,21 @@ def call_problems(name: str, arguments: dict, functions: dict | None, number: in
     return [ParseProblem(SCHEMA_MISMATCH, f"tool call {number} to {name}: {errors[0]}")] if errors else []
 
 
+def message_problems(message: dict, tools: list[dict] | None) -> list[ParseProblem]:
+    """What is wrong with the tool calls of an assistant message that was not parsed here (a teacher's
+    reply, already in OpenAI's format): arguments that are not a JSON object, unknown tools, arguments
+    their tool's schema refuses. A turn is judged by the same rules whoever wrote it."""
+    functions = None if tools is None else safe_functions(tools)
+    problems = []
+    for number, call in enumerate(message.get("tool_calls") or [], 1):
+        arguments = decoded_arguments(call["function"].get("arguments"))
+        if arguments is None:
+            problems.append(ParseProblem(MALFORMED_JSON, f"tool call {number}: arguments are not a JSON object"))
+        else:
+            problems.extend(call_problems(call["function"]["name"], arguments, functions, number))
+    return problems
+
+
 def openai_call(call_id: str, name: str, arguments: dict) -> dict:
     return {"id": call_id, "type": "function",
             "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
