@@ -4,7 +4,10 @@ Requests go out asynchronously, at most `concurrency` at a time. The openai clie
 off (max_retries=0) so that this loop decides: timeouts, lost connections, 408/409/429 and 5xx are
 retried with exponential backoff and jitter (429 and 503 wait what Retry-After says); malformed or
 empty replies are retried too, and dropped (None, counted) after the last try, never returned as
-text. 401, 403 and 404 stop the whole call at once: no retry fixes a wrong key, model or URL.
+text. 401, 403 and 404 stop the whole call at once: no retry fixes a wrong key, model or URL. A call
+also stops (TeacherError) when a full round of its requests failed every try with no answer from the
+server (no connection, timeouts, 5xx, 429); a request answered with nothing usable or refused with
+another 4xx fails alone (None), since the server is up and the fault is that request's.
 
 An agent's step (purpose "act") goes out through OpenAI's tool calling: the episode as the messages,
 the tool schemas as `tools` with `tool_choice: "auto"`; its reply is the assistant message (content
@@ -209,13 +212,25 @@ class OpenAITeacher:
         return backoff_delay(attempt, self.cfg.retry_base_delay, self.cfg.retry_max_delay, self._random.random())
 
 
+def request_fault(error: Exception) -> bool:
+    """Did a request fail for its own content, not the teacher's state? The server answered, with
+    nothing usable (Unusable) or with a 4xx that no retry fixes (a prompt too long, say); a lost
+    connection, a timeout, 5xx or 429 to the last try is the teacher's."""
+    import openai
+    if isinstance(error, Unusable):
+        return True
+    return (isinstance(error, openai.APIStatusError) and error.status_code < 500
+            and error.status_code not in RETRY_STATUS)
+
+
 class _Batch:
     """One complete() call: the client, the bound on requests in flight, and the outcome so far."""
 
     def __init__(self, teacher: OpenAITeacher, requests: list[TeacherRequest], on_reply):
         self.teacher, self.requests, self.on_reply = teacher, requests, on_reply
         self.replies: list[str | None] = [None] * len(requests)
-        self.answered = self.lost = 0
+        # answered: usable replies; refused: failed by their own content; lost: failed for the teacher's
+        self.answered = self.refused = self.lost = 0
         self.last_error: Exception | None = None
 
     async def run(self) -> list[str | None]:
@@ -263,14 +278,20 @@ class _Batch:
         stats.failed += 1
         stats.dropped += isinstance(error, Unusable)
         self.last_error = error
+        if request_fault(error):
+            self.refused += 1
+        else:
+            self.lost += 1
         return None, Usage()
 
     def give_up_if_dead(self) -> None:
-        """A teacher that has answered nothing while a full round of requests failed every try is
-        down: one clear error now, rather than every remaining request waiting out its retries."""
-        self.lost += 1
+        """A teacher that has answered nothing while a full round of requests failed every try, none
+        of them for its own content, is down: one clear error now, rather than every remaining request
+        waiting out its retries. A request the server answered with nothing usable or refused with a
+        4xx says the server is up: its None is that request's, and the call goes on (an agent's episode
+        whose step fails ends, and the run's other episodes continue)."""
         cfg = self.teacher.cfg
-        if self.answered == 0 and self.lost >= min(len(self.requests), cfg.concurrency):
+        if self.answered == self.refused == 0 and self.lost >= min(len(self.requests), cfg.concurrency):
             raise TeacherError(f"teacher {cfg.base_url} failed every request ({self.lost} of them, "
                                f"up to {cfg.max_retries + 1} tries each): {self.last_error}")
 
