@@ -1,6 +1,11 @@
 """A Hugging Face model as the teacher, run in this process: requests are generated in batches by
-evaluate.generate (transformers), or by vLLM where vllm is installed and a GPU is there. The model
-loads only when a request misses the cache."""
+models.generate (transformers), or by vLLM where vllm is installed and a GPU is there. The model
+loads only when a request misses the cache.
+
+An agent's step (purpose "act") is taken as the student takes it in evaluation (models.acting): the
+episode rendered with its tools for the model's chat template, the generated text parsed back into
+tool calls. vLLM is given the same prompt tokens. A turn with neither text nor a tool call, or with a
+tool call that could not be read, is dropped (None, counted)."""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from pydantic import Field
 
 from ..config import TeacherConfig
 from ..models import vllm_generate
+from ..models.acting import act_prompts, agent_chat, parsed_turns
+from ..models.chat_format import MALFORMED_JSON, ParsedTurn
 from ..registry import TEACHER
 from ..runs import digest
-from .base import TeacherRequest, TeacherStats, Usage
+from .base import TeacherRequest, TeacherStats, Usage, act_reply
 
 
 class LocalTeacherConfig(TeacherConfig):
@@ -28,12 +35,21 @@ class LocalTeacherConfig(TeacherConfig):
 
 
 def batches(requests: list[TeacherRequest], size: int) -> list[list[int]]:
-    """Indices of requests that can share one generate call (same temperature and sample seed), at
-    most `size` each, in the order the requests came."""
+    """Indices of requests that can share one generate call (same temperature and sample seed; agent
+    steps apart from other requests, and only with steps offered the same tools), at most `size` each,
+    in the order the requests came."""
     groups: dict[tuple, list[int]] = {}
     for i, request in enumerate(requests):
-        groups.setdefault((request.temperature, request.sample), []).append(i)
+        acting = request.purpose == "act"
+        groups.setdefault((request.temperature, request.sample, acting, request.tools if acting else ""),
+                          []).append(i)
     return [group[k:k + size] for group in groups.values() for k in range(0, len(group), size)]
+
+
+def turn_reply(turn: ParsedTurn) -> str | None:
+    """A generated turn as act_reply's JSON. None when it says nothing, or when a tool call the model
+    wrote could not be read: its text alone would pass for a final answer the model never meant."""
+    return None if turn.counts[MALFORMED_JSON] else act_reply(turn.message)
 
 
 def weights_identity(directory: Path) -> str:
@@ -76,17 +92,18 @@ class LocalTeacher:
                 self._loaded = load_model(self.directory, self.device)
         return self._loaded
 
-    def _generate(self, chats: list[list[dict]], temperature: float, seed: int) -> tuple[list[str], list[int]]:
-        """Replies and prompt lengths of one batch."""
+    def _generate(self, chats: list[list[dict]], temperature: float, seed: int,
+                  tools: list[dict] | None = None) -> tuple[list[str], list[int]]:
+        """Replies and prompt lengths of one batch; tools: what the chat template is given."""
         from ..models.generate import chat_prompts, generate  # torch: not when protege loads this file
         model, tokenizer = self._load()
-        prompts = chat_prompts(tokenizer, chats)
+        prompts = chat_prompts(tokenizer, chats, tools)
         if model is None:
             replies = vllm_generate.generate_vllm(self.directory, tokenizer, prompts, self.cfg.max_tokens,
                                                   temperature, seed)
         else:
             replies = generate(model, tokenizer, chats, max_new_tokens=self.cfg.max_tokens, batch_size=len(chats),
-                               temperature=temperature, seed=seed, desc="local teacher")
+                               temperature=temperature, seed=seed, desc="local teacher", tools=tools)
         return replies, [len(p) for p in prompts]
 
     def complete(self, requests: list[TeacherRequest], on_reply=None) -> list[str | None]:
@@ -94,24 +111,37 @@ class LocalTeacher:
         self.stats.paid += len(requests)
         replies: list[str | None] = [None] * len(requests)
         for batch in batches(requests, self.cfg.batch_size):
-            first = requests[batch[0]]
-            texts, prompt_lengths = self._generate([requests[i].chat() for i in batch], first.temperature,
-                                                   first.sample)
-            for i, text, prompt_length in zip(batch, texts, prompt_lengths):
-                replies[i], usage = self._reply(text, prompt_length)
+            answer = self._act if requests[batch[0]].purpose == "act" else self._answer
+            for i, (text, reply, prompt_length) in zip(batch, answer([requests[i] for i in batch])):
+                replies[i], usage = self._reply(text, reply, prompt_length)
                 if on_reply:
                     on_reply(i, replies[i], usage)
         return replies
 
-    def _reply(self, text: str, prompt_length: int) -> tuple[str | None, Usage]:
-        """An empty generation is dropped (counted), never returned as data."""
-        if not text.strip():
+    def _answer(self, batch: list[TeacherRequest]) -> list[tuple[str, str, int]]:
+        """(generated text, reply, prompt length) of each request: the reply is the text."""
+        texts, prompt_lengths = self._generate([r.chat() for r in batch], batch[0].temperature, batch[0].sample)
+        return [(text, text.strip(), length) for text, length in zip(texts, prompt_lengths)]
+
+    def _act(self, batch: list[TeacherRequest]) -> list[tuple[str, str | None, int]]:
+        """Agent steps offered the same tools: the reply is the parsed turn as act_reply's JSON."""
+        tools = batch[0].tool_schemas()
+        episodes = [agent_chat(r.instruction, r.messages()) for r in batch]
+        chats, template_tools = act_prompts(episodes, tools, self._load()[1])
+        texts, prompt_lengths = self._generate(chats, batch[0].temperature, batch[0].sample, template_tools)
+        turns = parsed_turns(texts, episodes, tools)
+        return [(text, turn_reply(turn), length) for text, turn, length in zip(texts, turns, prompt_lengths)]
+
+    def _reply(self, text: str, reply: str | None, prompt_length: int) -> tuple[str | None, Usage]:
+        """An empty generation, or a turn with neither text nor a tool call, is dropped (counted), never
+        returned as data."""
+        if not reply:
             self.stats.failed += 1
             self.stats.dropped += 1
             return None, Usage()
         usage = Usage(prompt_length, len(self._load()[1].encode(text, add_special_tokens=False)))
         self.stats.charge(usage)
-        return text.strip(), usage
+        return reply, usage
 
 
 @TEACHER.register(LocalTeacherConfig)

@@ -1,5 +1,9 @@
 """The student as its own teacher: sample k answers, keep the first one a verifier accepts
-(STaR / rejection sampling)."""
+(STaR / rejection sampling).
+
+An agent's step (purpose "act") is sampled as the student acts in evaluation (models.acting): k turns
+per step, the first whose tool calls all parse and match their schemas kept (the verifier judges
+answers, not steps; a whole episode is judged by the task's tools.verifier when curated)."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from typing import Callable, Literal
 from pydantic import Field
 
 from ..config import TeacherConfig
+from ..models.acting import act, agent_chat
 from ..registry import TEACHER
-from .base import TeacherError, TeacherRequest
+from .base import TeacherError, TeacherRequest, act_reply
 from .function import load_callable
 
 
@@ -34,10 +39,13 @@ class SelfTeacher:
     def identity(self) -> str:
         return f"self:{self._identity}:k={self.samples}:t={self.temperature}"
 
-    def _sample(self, requests: list[TeacherRequest]) -> list[list[str]]:
+    def _model(self) -> tuple:
         if self._loaded is None:
             self._loaded = self._load()  # the student loads only when a request misses the cache
-        model, tokenizer = self._loaded
+        return self._loaded
+
+    def _sample(self, requests: list[TeacherRequest]) -> list[list[str]]:
+        model, tokenizer = self._model()
         from ..models.generate import generate  # torch: not when protege loads this file
         chats = [r.chat() for r in requests for _ in range(self.samples)]
         outs = generate(model, tokenizer, chats, self.max_new_tokens, batch_size=32,
@@ -45,17 +53,52 @@ class SelfTeacher:
                         desc="self-sample")
         return [outs[i * self.samples:(i + 1) * self.samples] for i in range(len(requests))]
 
-    def complete(self, requests: list[TeacherRequest], on_reply=None) -> list[str | None]:
-        replies = []
-        for i, (request, candidates) in enumerate(zip(requests, self._sample(requests))):
-            if request.purpose == "answer":
-                kept = [c for c in candidates if c and self.verifier(request.input, c)]
+    def _kept(self, request: TeacherRequest, candidates: list[str]) -> str | None:
+        if request.purpose == "answer":
+            kept = [c for c in candidates if c and self.verifier(request.input, c)]
+        else:
+            kept = [c for c in candidates if c]
+        return kept[0] if kept else None
+
+    def _act(self, requests: list[TeacherRequest]) -> list[str | None]:
+        """Agent steps offered the same tools: k turns each, the first valid one kept."""
+        episodes = [agent_chat(r.instruction, r.messages()) for r in requests for _ in range(self.samples)]
+        turns = act(*self._model(), episodes, requests[0].tool_schemas(), self.max_new_tokens,
+                    temperature=self.temperature, seed=requests[0].sample, desc="self-act")
+        return [first_valid(turns[i * self.samples:(i + 1) * self.samples]) for i in range(len(requests))]
+
+    def _replies(self, requests: list[TeacherRequest]) -> list[str | None]:
+        """Every request's reply: agent steps grouped by the tools offered, the rest sampled together."""
+        replies: list[str | None] = [None] * len(requests)
+        for indices in purpose_groups(requests):
+            group = [requests[i] for i in indices]
+            if group[0].purpose == "act":
+                kept = self._act(group)
             else:
-                kept = [c for c in candidates if c]
-            replies.append(kept[0] if kept else None)
-            if on_reply:
-                on_reply(i, replies[-1])
+                kept = [self._kept(r, c) for r, c in zip(group, self._sample(group))]
+            for i, reply in zip(indices, kept):
+                replies[i] = reply
         return replies
+
+    def complete(self, requests: list[TeacherRequest], on_reply=None) -> list[str | None]:
+        replies = self._replies(requests)
+        if on_reply:
+            for i, reply in enumerate(replies):
+                on_reply(i, reply)
+        return replies
+
+
+def purpose_groups(requests: list[TeacherRequest]) -> list[list[int]]:
+    """Indices of requests sampled together: agent steps by the tools they offer, all others in one."""
+    groups: dict[str | None, list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(request.tools if request.purpose == "act" else None, []).append(i)
+    return list(groups.values())
+
+
+def first_valid(turns) -> str | None:
+    """The first turn whose tool calls all parse and match their schemas, as act_reply's JSON."""
+    return next((reply for turn in turns if turn.valid and (reply := act_reply(turn.message))), None)
 
 
 @TEACHER.register(SelfTeacherConfig)
