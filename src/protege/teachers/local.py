@@ -26,7 +26,8 @@ from .base import TeacherRequest, TeacherStats, Usage, act_reply
 
 class LocalTeacherConfig(TeacherConfig):
     kind: Literal["local"] = Field("local", description="A Hugging Face model run in this process (vLLM where "
-                                   "installed and a GPU is there).")
+                                   "installed and a GPU is there); in agent tasks it acts with the tools as the "
+                                   "student does.")
     model: str = Field("", description="embedded:NAME, tiny:SEED or a local Hugging Face model directory.")
     batch_size: int = Field(16, gt=0, description="Requests generated together; each batch is cached as it "
                             "finishes.")

@@ -21,8 +21,9 @@ from .function import load_callable
 
 class SelfTeacherConfig(TeacherConfig):
     kind: Literal["self"] = Field("self", description="The student samples answers and a verifier keeps the "
-                                  "first that passes (STaR, rejection sampling).")
-    samples: int = Field(4, gt=0, description="Answers sampled per input.")
+                                  "first that passes (STaR, rejection sampling); in agent tasks it samples turns "
+                                  "and keeps the first whose tool calls are valid.")
+    samples: int = Field(4, gt=0, description="Answers (in agent tasks: turns) sampled per input.")
     verifier: str = Field("", description="module:attr(input, answer) -> bool that says an answer is right "
                           "(required).")
 
