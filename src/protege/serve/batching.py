@@ -17,7 +17,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
+from transformers import LogitsProcessorList
 
+from ..models.forced_calls import ForcedCall, ForcedCalls
 from ..models.generate import batch_inputs, sampling_kwargs
 
 LIMIT_SPREAD = 2
@@ -28,6 +30,7 @@ class Job:
     prompt: list[int]
     max_tokens: int
     temperature: float
+    forced: ForcedCall | None = None  # the reply must be this call (constrained decoding)
     future: Future = field(default_factory=Future)
 
 
@@ -65,18 +68,28 @@ def generate_batch(model, tokenizer, prompts: list[list[int]], max_tokens: int,
 
 @torch.inference_mode()
 def generate_rows(model, tokenizer, prompts: list[list[int]], max_tokens: list[int],
-                  temperature: float) -> list[Generation]:
+                  temperature: float, forced: list[ForcedCall | None] | None = None) -> list[Generation]:
     """generate_batch with a max_tokens per prompt: the batch runs to the largest, each row is cut at its
-    own, so a greedy row gets the reply it would get alone."""
+    own, so a greedy row gets the reply it would get alone. A row with a ForcedCall writes that call."""
     batch = {k: v.to(model.device) for k, v in batch_inputs(tokenizer, prompts, []).items()}
     stops = stop_token_ids(model, tokenizer)
     out = model.generate(**batch, max_new_tokens=max(max_tokens), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=sorted(stops), **sampling_kwargs(temperature))
+                         eos_token_id=sorted(stops), **sampling_kwargs(temperature),
+                         **constraints(forced, tokenizer, stops))
     results = []
     for prompt, limit, row in zip(prompts, max_tokens, out[:, batch["input_ids"].shape[1]:].tolist()):
         kept, used, reason = cut_at_stop(row[:limit], stops, limit)
         results.append(Generation(tokenizer.decode(kept, skip_special_tokens=True), len(prompt), used, reason))
     return results
+
+
+def constraints(forced: list[ForcedCall | None] | None, tokenizer, stops: set[int]) -> dict:
+    """generate's logits processor for the rows that must write a call; it ends them with the
+    tokenizer's end of sequence (or another stop token)."""
+    if not forced or not any(forced):
+        return {}
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id in stops else min(stops)
+    return {"logits_processor": LogitsProcessorList([ForcedCalls(forced, tokenizer, end)])}
 
 
 def batches(jobs: list[Job]) -> list[list[Job]]:
@@ -110,8 +123,9 @@ class Batcher:
         self._worker = threading.Thread(target=self._run, name="protege-batcher", daemon=True)
         self._worker.start()
 
-    def submit(self, prompt: list[int], max_tokens: int, temperature: float) -> Future:
-        job = Job(prompt, max_tokens, temperature)
+    def submit(self, prompt: list[int], max_tokens: int, temperature: float,
+               forced: ForcedCall | None = None) -> Future:
+        job = Job(prompt, max_tokens, temperature, forced)
         self._queue.put(job)
         return job.future
 
@@ -144,8 +158,8 @@ class Batcher:
         self.batch_sizes.append(len(jobs))
         try:
             results = generate_rows(self.model, self.tokenizer, [j.prompt for j in jobs],
-                                    [j.max_tokens for j in jobs], jobs[0].temperature)
-        except Exception as exc:  # a failed batch fails its requests, not the server
+                                    [j.max_tokens for j in jobs], jobs[0].temperature, [j.forced for j in jobs])
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
             for job in jobs:
                 job.future.set_exception(exc)
             return
