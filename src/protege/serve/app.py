@@ -3,7 +3,17 @@
 
 Streaming generates the whole reply first (so it can share a batch), then sends it as server-sent
 events in pieces, ending with `data: [DONE]` as OpenAI does: clients that stream work, but the first
-piece arrives when the whole reply is ready."""
+piece arrives when the whole reply is ready.
+
+Tool calling, as OpenAI's API does it, so that a served student drops into an agent loop: a chat
+request may carry `tools` and `tool_choice`, `tool` messages and assistant messages with `tool_calls`
+(and empty content). A chat is rendered and a reply parsed exactly as in evaluation (models.acting
+with chat_format): a reply holding `<tool_call>` blocks comes back as `tool_calls`, finish_reason
+"tool_calls", also when streamed (OpenAI's tool-call deltas). `tool_choice` "auto" (the default with
+tools) lets the model choose; "none" offers no tools; "required" or a named function forces a call by
+constrained decoding (models.forced_calls), so its arguments always parse and match the tool's schema,
+even from a random model. A forced call runs to its end past a smaller max_tokens, and stop strings do
+not cut it."""
 
 from __future__ import annotations
 
@@ -13,13 +23,18 @@ import hmac
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..conversations import normalize_tools
+from ..models.acting import act_prompts, parsed_turns
+from ..models.forced_calls import ForcedCall
 from ..models.generate import chat_prompts
 from .batching import Batcher, Generation
 from .proxy import ProxySpec
@@ -40,16 +55,41 @@ def error_response(exc: APIError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status)
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    arguments: str | dict = "{}"
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
     content: str | list[dict] | None = ""
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
     def text(self) -> str:
         """Content given as OpenAI content parts keeps its text parts."""
         if isinstance(self.content, list):
             return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
         return self.content or ""
+
+    def chat_message(self) -> dict:
+        """The message as chat_format takes it: only the fields OpenAI's API defines."""
+        message = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump(include={"id", "type", "function"}) for call in self.tool_calls]
+        message.update({key: value for key, value in (("tool_call_id", self.tool_call_id), ("name", self.name))
+                        if value is not None})
+        return message
 
 
 class Sampling(BaseModel):
@@ -66,10 +106,77 @@ class Sampling(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    tools: list | None = None
+    tool_choice: str | dict | None = None
 
 
 class CompletionRequest(Sampling):
     prompt: str
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """What a chat request does with tools: those offered to the model (None: none), and the call the
+    reply must be (None: the model chooses)."""
+    tools: list[dict] | None
+    forced: ForcedCall | None = None
+
+
+def tool_plan(body: ChatRequest) -> ToolPlan:
+    tools = checked_tools(body.tools)
+    choice = "auto" if body.tool_choice is None else body.tool_choice
+    if choice == "none" or (choice == "auto" and not tools):
+        return ToolPlan(None)
+    if choice == "auto":
+        return ToolPlan(tools)
+    if not tools:
+        raise APIError(400, "tool_choice asks for a tool call, but the request has no tools", "invalid_tool_choice")
+    functions = {tool["function"]["name"]: tool["function"] for tool in tools}
+    if choice == "required":
+        return ToolPlan(tools, ForcedCall(functions))
+    name = chosen_function(choice)
+    if name not in functions:
+        raise APIError(400, f"tool_choice names the function {name!r}, which is not among the tools "
+                       f"({', '.join(functions)})", "invalid_tool_choice")
+    return ToolPlan(tools, ForcedCall({name: functions[name]}))
+
+
+def chosen_function(choice: str | dict) -> str:
+    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise APIError(400, 'tool_choice must be "none", "auto", "required" or {"type": "function", '
+                       '"function": {"name": NAME}}', "invalid_tool_choice")
+    return function["name"]
+
+
+def checked_tools(tools: list | None) -> list[dict]:
+    """The request's tools in OpenAI's shape; a tool without a name, a repeated name or parameters that
+    are not an object schema is the request's error."""
+    try:
+        normalized = normalize_tools(tools)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "invalid_tools") from exc
+    names = [tool["function"]["name"] for tool in normalized]
+    for n, tool in enumerate(normalized):
+        problem = parameters_problem(tool["function"].get("parameters"))
+        if names.index(names[n]) != n:
+            problem = "another tool has the same name"
+        if problem:
+            raise APIError(400, f"tools[{n}] ({names[n]}): {problem}", "invalid_tools")
+    return normalized
+
+
+def parameters_problem(parameters) -> str:
+    if parameters is None:
+        return ""
+    if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+        return 'parameters must be a JSON schema of type "object"'
+    if not isinstance(parameters.get("properties", {}), dict):
+        return "parameters.properties must be an object"
+    required = parameters.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(key, str) for key in required):
+        return "parameters.required must be a list of property names"
+    return ""
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -137,12 +244,17 @@ class Server:
         return APIError(413, f"request body is {size} bytes; this server accepts at most "
                         f"{self.max_request_bytes}", "request_too_large")
 
-    def max_tokens(self, body: Sampling) -> int:
+    def max_tokens(self, body: Sampling, forced: ForcedCall | None = None) -> int:
+        """What the request asks, or for a forced call, at least what the call may take."""
         wanted = body.max_completion_tokens or body.max_tokens or self.max_tokens_limit
         if wanted > self.max_tokens_limit:
             raise APIError(400, f"max_tokens is {wanted}; this server allows at most {self.max_tokens_limit}",
                            "max_tokens_too_large")
-        return wanted
+        bound = forced.token_bound() if forced else 0
+        if bound > self.max_tokens_limit:
+            raise APIError(400, f"a call to {' or '.join(forced.functions)} may take {bound} tokens; this "
+                           f"server allows at most {self.max_tokens_limit}", "max_tokens_too_large")
+        return max(wanted, bound)
 
     def check_model(self, name: str) -> None:
         if name != self.name:
@@ -154,11 +266,21 @@ class Server:
             raise APIError(400, f"prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                            f"model's context of {self.context} tokens", "context_length_exceeded")
 
-    async def generate(self, prompt: list[int], body: Sampling) -> Generation:
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
+        """The chat as the student saw it in evaluation (models.acting renders it)."""
+        try:
+            chats, template_tools = act_prompts([messages], tools, self.tokenizer)
+            return chat_prompts(self.tokenizer, chats, template_tools)[0]
+        except (ValueError, KeyError, TemplateError) as exc:
+            raise APIError(400, f"messages cannot be rendered for this model: {exc}", "invalid_messages") from exc
+
+    async def generate(self, prompt: list[int], body: Sampling, forced: ForcedCall | None = None) -> Generation:
         self.check_model(body.model)
-        max_tokens = self.max_tokens(body)
+        max_tokens = self.max_tokens(body, forced)
         self.check_length(prompt, max_tokens)
-        result = await asyncio.wrap_future(self.batcher.submit(prompt, max_tokens, body.temperature))
+        result = await asyncio.wrap_future(self.batcher.submit(prompt, max_tokens, body.temperature, forced))
+        if forced is not None:
+            return result
         text, stopped = apply_stop(result.text, body.stop)
         return Generation(text, result.prompt_tokens, result.completion_tokens,
                           "stop" if stopped else result.finish_reason)
@@ -174,10 +296,27 @@ def envelope(kind: str, model: str) -> dict:
     return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model}
 
 
-def chat_response(result: Generation, model: str) -> dict:
-    choice = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None,
-              "message": {"role": "assistant", "content": result.text}}
-    return {**envelope("chat.completion", model), "choices": [choice], "usage": usage(result)}
+@dataclass(frozen=True)
+class ChatAnswer:
+    message: dict  # the assistant message, with tool_calls where the reply made calls
+    finish_reason: str
+    generation: Generation
+
+
+def chat_answer(result: Generation, messages: list[dict], tools: list[dict] | None) -> ChatAnswer:
+    """The reply as evaluation reads it where tools were offered: its calls, numbered on from the
+    chat's, are tool_calls (finish_reason "tool_calls"), the text outside them the content."""
+    if tools is None:
+        return ChatAnswer({"role": "assistant", "content": result.text}, result.finish_reason, result)
+    turn = parsed_turns([result.text], [messages], tools)[0]
+    if turn.tool_calls:
+        return ChatAnswer(turn.message, "tool_calls", result)
+    return ChatAnswer({"role": "assistant", "content": turn.content or ""}, result.finish_reason, result)
+
+
+def chat_response(answer: ChatAnswer, model: str) -> dict:
+    choice = {"index": 0, "finish_reason": answer.finish_reason, "logprobs": None, "message": answer.message}
+    return {**envelope("chat.completion", model), "choices": [choice], "usage": usage(answer.generation)}
 
 
 def completion_response(result: Generation, model: str) -> dict:
@@ -185,14 +324,28 @@ def completion_response(result: Generation, model: str) -> dict:
     return {**envelope("text_completion", model), "choices": [choice], "usage": usage(result)}
 
 
-def chat_stream(result: Generation, model: str):
+def chat_stream(answer: ChatAnswer, model: str):
     head = envelope("chat.completion.chunk", model)
-    for i, piece in enumerate(pieces(result.text)):
-        delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+    for delta in chat_deltas(answer.message):
         yield sse({**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-    yield sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": result.finish_reason}],
-               "usage": usage(result)})
+    yield sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}],
+               "usage": usage(answer.generation)})
     yield sse("[DONE]")
+
+
+def chat_deltas(message: dict) -> list[dict]:
+    """The message in OpenAI's stream pieces: the content, then each call (its id, type and name,
+    then its arguments in pieces, all under the call's index); the first piece names the role."""
+    calls = message.get("tool_calls") or []
+    content = message.get("content") or ""
+    deltas = [{"content": piece} for piece in pieces(content)] if content or not calls else []
+    for index, call in enumerate(calls):
+        function = call["function"]
+        deltas.append({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
+                                       "function": {"name": function["name"], "arguments": ""}}]})
+        deltas.extend({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                      for piece in pieces(function["arguments"]))
+    return [{"role": "assistant", **deltas[0]}, *deltas[1:]]
 
 
 def completion_stream(result: Generation, model: str):
@@ -204,10 +357,10 @@ def completion_stream(result: Generation, model: str):
     yield sse("[DONE]")
 
 
-def reply(result: Generation, body: Sampling, whole, stream) -> JSONResponse | StreamingResponse:
+def reply(answer: Generation | ChatAnswer, body: Sampling, whole, stream) -> JSONResponse | StreamingResponse:
     if body.stream:
-        return StreamingResponse(stream(result, body.model), media_type="text/event-stream")
-    return JSONResponse(whole(result, body.model))
+        return StreamingResponse(stream(answer, body.model), media_type="text/event-stream")
+    return JSONResponse(whole(answer, body.model))
 
 
 def add_routes(app: FastAPI, server: Server) -> None:
@@ -220,9 +373,10 @@ def add_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await server.read(request, ChatRequest)
-        chat = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = chat_prompts(server.tokenizer, [chat])[0]
-        return reply(await server.generate(prompt, body), body, chat_response, chat_stream)
+        plan = tool_plan(body)
+        messages = [message.chat_message() for message in body.messages]
+        result = await server.generate(server.chat_prompt(messages, plan.tools), body, plan.forced)
+        return reply(chat_answer(result, messages, plan.tools), body, chat_response, chat_stream)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
