@@ -78,6 +78,7 @@ def broken_episode(history: list[dict], mistakes: list[Mistake], tools: list[dic
                    rng: random.Random) -> tuple[list[dict], Mistake, int] | None:
     """(the episode up to a broken call, ending with the turn that makes it; the mistake; the call's place
     in that turn), the turn, call and mistake drawn by rng; None when no call allows any of the mistakes."""
+    # whether a call allows a mistake does not depend on the draw: any generator tells
     options = [(i, k, mistake) for i, m in enumerate(history) if m["role"] == "assistant"
                for k, call in enumerate(m.get("tool_calls") or [])
                for mistake in mistakes if broken_call(call, mistake, tools, random.Random(0)) is not None]

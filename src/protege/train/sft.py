@@ -2,7 +2,9 @@
 
 protege tokenizes the chats itself: each assistant turn's tokens are found by rendering the chat
 up to that turn, so the loss covers every assistant turn of a multi-turn chat with any chat
-template (TRL's assistant_only_loss needs {% generation %} markers, which most templates lack).
+template (TRL's assistant_only_loss needs {% generation %} markers, which most templates lack). An
+assistant message marked "train": false (a mistake an agent episode shows, then corrects) is in the
+context but not in the loss.
 
 By default the examples of a batch are laid end to end in one row with position ids that restart
 at each example (TRL's padding-free collator): no padding is computed, and transformers builds a
@@ -39,12 +41,16 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool, tools: list
 
 
 def tokenize_chat(tokenizer, messages: list[dict], max_length: int, tools: list[dict] | None = None) -> dict:
-    """input_ids of the whole chat and labels that keep only the assistant turns' tokens. tools: the
-    schemas a template that renders tools is given (agent episodes, see tokenize_record)."""
+    """input_ids of the whole chat and labels that keep only the assistant turns' tokens, but for those
+    marked "train": false (as LLaMA-Factory and axolotl mask a turn: a mistake shown, not taught; the
+    flag never reaches the template). tools: the schemas a template that renders tools is given (agent
+    episodes, see tokenize_record)."""
+    learned = [m["role"] == "assistant" and m.get("train") is not False for m in messages]
+    messages = [{k: v for k, v in m.items() if k != "train"} for m in messages]
     input_ids = render(tokenizer, messages, False, tools)
     labels = [-100] * len(input_ids)
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not learned[i]:
             continue
         start = len(render(tokenizer, messages[:i], True, tools))
         through_turn = render(tokenizer, messages[:i + 1], False, tools)
@@ -58,14 +64,21 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int, tools: list[
 
 def tokenize_record(tokenizer, record: dict, max_length: int) -> dict:
     """A chat record, or an agent episode (a record with tools) rendered for the student's template by
-    models.chat_format: every assistant turn, tool calls and final answer, in the loss; tool results
-    and user turns never."""
+    models.chat_format: every assistant turn, tool calls and final answer, in the loss (unless marked
+    train: false); tool results and user turns never."""
     if not record.get("tools"):
         return tokenize_chat(tokenizer, record["messages"], max_length)
     from ..models.chat_format import rendered_record, supports_tools
     native = supports_tools(tokenizer)
-    return tokenize_chat(tokenizer, rendered_record(record, tokenizer)["messages"], max_length,
-                         record["tools"] if native else None)
+    rendered = with_train_flags(rendered_record(record, tokenizer)["messages"], record["messages"])
+    return tokenize_chat(tokenizer, rendered, max_length, record["tools"] if native else None)
+
+
+def with_train_flags(rendered: list[dict], messages: list[dict]) -> list[dict]:
+    """The rendered episode with each assistant turn's train flag from the record: rendering keeps every
+    assistant turn, in order, but may drop keys it does not know."""
+    flags = iter([m.get("train") for m in messages if m["role"] == "assistant"])
+    return [{**m, "train": next(flags)} if m["role"] == "assistant" else m for m in rendered]
 
 
 def tokenized_dataset(tokenizer, records: list[dict], max_length: int):
