@@ -40,19 +40,41 @@ def example_bounds(position_ids: torch.Tensor | None,
     return list(zip(edges, edges[1:]))
 
 
+def shared_prefix_segments(position_ids: torch.Tensor | None) -> list[tuple[int, int, int]] | None:
+    """(start, end, shared) of each example of a row laid out by shared_prefix.SharedPrefixCollator:
+    the first example whole, each next one only past the prefix they all share, its positions going
+    on from the prefix's length (`shared`, 0 for the first). None for any other row."""
+    if position_ids is None or position_ids.ndim != 2 or position_ids.shape[0] != 1:
+        return None
+    bounds = example_bounds(position_ids)
+    if bounds is None or int(position_ids[0, 0]) != 0:
+        return None
+    shared = [int(position_ids[0, start]) for start, _ in bounds[1:]]
+    if not shared or min(shared) == 0 or len(set(shared)) != 1:
+        return None
+    return [(*bounds[0], 0)] + [(start, end, shared[0]) for start, end in bounds[1:]]
+
+
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
                         scaling: float | None = None, position_ids=None, **kwargs):
     """transformers' attention-function signature: query (batch, heads, length, head_dim)."""
+    segments = None if kwargs.get("cu_seq_lens_q") is not None else shared_prefix_segments(position_ids)
+    if segments is not None and query.shape[2] == key.shape[2] and not plain_only(module, kwargs):
+        return shared_prefix_sdpa(query, key, value, segments, dropout, scaling)
     bounds = example_bounds(position_ids, kwargs.get("cu_seq_lens_q"))
-    plain = (bounds is None or query.shape[2] != key.shape[2] or kwargs.get("softcap") is not None
-             or kwargs.get("sliding_window") or getattr(module, "sliding_window", None))
-    if plain:
+    if bounds is None or query.shape[2] != key.shape[2] or plain_only(module, kwargs):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, position_ids=position_ids, **kwargs)
     longest = max(end - start for start, end in bounds)
     # one long example among short ones would make the padded batch mostly padding
     run = padded_causal_sdpa if len(bounds) * longest <= 2 * query.shape[2] else causal_sdpa_per_example
     return run(query, key, value, bounds, dropout, scaling)
+
+
+def plain_only(module, kwargs: dict) -> bool:
+    """Soft-capping and sliding windows are transformers' sdpa's to do."""
+    return (kwargs.get("softcap") is not None or bool(kwargs.get("sliding_window"))
+            or bool(getattr(module, "sliding_window", None)))
 
 
 def fp32_on_cpu(query, key, value):
@@ -75,6 +97,30 @@ def causal_sdpa_per_example(query, key, value, bounds, dropout: float, scaling: 
                                                 enable_gqa=query.shape[1] != key.shape[1])
                  for s, e in bounds]
     return torch.cat(parts, dim=2).to(dtype).transpose(1, 2).contiguous(), None
+
+
+def shared_prefix_sdpa(query, key, value, segments, dropout: float, scaling: float | None):
+    """Each example's queries over the shared prefix's keys and its own, causal: the prefix at the
+    row's start is computed once for every example and gets the gradient of all of them, the same
+    numbers as each example carrying its own copy."""
+    dtype = query.dtype
+    query, key, value, context = fp32_on_cpu(query, key, value)
+    with context:
+        parts = [prefixed_causal_sdpa(query, key, value, start, end, shared, dropout, scaling)
+                 for start, end, shared in segments]
+    return torch.cat(parts, dim=2).to(dtype).transpose(1, 2).contiguous(), None
+
+
+def prefixed_causal_sdpa(query, key, value, start: int, end: int, shared: int, dropout: float,
+                         scaling: float | None):
+    """Queries start:end over keys 0:shared then start:end; query i sees every prefix key and its
+    own keys up to i (sdpa's is_causal aligns the corner top-left, this needs bottom-right)."""
+    keys = torch.cat([key[:, :, :shared], key[:, :, start:end]], dim=2)
+    values = torch.cat([value[:, :, :shared], value[:, :, start:end]], dim=2)
+    mask = torch.ones(end - start, shared + end - start, dtype=torch.bool, device=query.device).tril(shared)
+    return F.scaled_dot_product_attention(query[:, :, start:end], keys, values, attn_mask=None if not shared else mask,
+                                          is_causal=not shared, dropout_p=dropout, scale=scaling,
+                                          enable_gqa=query.shape[1] != key.shape[1])
 
 
 def padded_slots(bounds: tuple[tuple[int, int], ...], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,9 @@ context but not in the loss.
 By default the examples of a batch are laid end to end in one row with position ids that restart
 at each example (TRL's padding-free collator): no padding is computed, and transformers builds a
 block-diagonal attention mask from the position ids, so no example attends to another. TRL's
-attention runs per example (packed_attention.py), and the vocabulary projection and the loss run
-only at the positions that have a label (answer_loss.py)."""
+attention runs per example (packed_attention.py), a prefix every example of a batch shares (the
+system message, an agent's tools) is computed once (shared_prefix.py), and the vocabulary
+projection and the loss run only at the positions that have a label (answer_loss.py)."""
 
 from __future__ import annotations
 
@@ -124,6 +125,12 @@ def build_sft_trainer(model_path: Path, records: list[dict], cfg: TrainConfig, c
     return trainer, tokenizer, notes
 
 
+def shared_prefix_collator(collator, cfg: TrainConfig):
+    """Padding-free rows compute the prefix their examples share once (shared_prefix.py)."""
+    from .shared_prefix import SharedPrefixCollator
+    return SharedPrefixCollator(collator) if cfg.packing == "padding-free" else collator
+
+
 def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_dir: Path, device: str = "cpu",
               stage_seed: int = 0, checkpoints: Path | None = None,
               wrap_collator: Callable | None = None, notes: dict | None = None) -> dict:
@@ -134,7 +141,8 @@ def train_sft(model_path: Path, records: list[dict], cfg: TrainConfig, output_di
     checkpoints = checkpoints or output_dir / "checkpoints"
     tensorboard_dir(output_dir)
     trainer, tokenizer, loaded = build_sft_trainer(model_path, records, cfg, checkpoints, device, stage_seed)
-    collator = wrap_collator(trainer.data_collator, tokenizer) if wrap_collator else trainer.data_collator
+    collator = shared_prefix_collator(trainer.data_collator, cfg)
+    collator = wrap_collator(collator, tokenizer) if wrap_collator else collator
     trainer.data_collator = counter = TokenCounter(collator)
     attach_callbacks(trainer, counter)
     result = fit(trainer, checkpoints)
