@@ -13,11 +13,9 @@ continue episodes this way."""
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from typing import Callable
 
-from ..teachers import CachedTeacher, act_request
 from .environment import Environment
 from .episodes import Episode, Policy, Step, advance, ended
 from .tools import Toolbox
@@ -64,11 +62,3 @@ def act_on(episodes: list[Episode], policy: Policy, max_turns: int) -> None:
         for episode, step in zip(live, policy([e.messages for e in live])):
             advance(episode, step)
 
-
-def sampling_teacher_policy(teacher: CachedTeacher, instruction: str, tools: list[dict], sample: int,
-                            temperature: float) -> Policy:
-    """The teacher as a policy at a temperature: `sample` keeps each draw's cached replies apart."""
-    def act(histories: list[list[dict]]) -> list[Step]:
-        replies = teacher.complete([act_request(instruction, h, tools, sample, temperature) for h in histories])
-        return [Step(json.loads(reply) if reply else None) for reply in replies]
-    return act

@@ -107,12 +107,13 @@ def advance(episode: Episode, step: Step) -> None:
         episode.messages.append({"role": "tool", "tool_call_id": call["id"], "content": result.content})
 
 
-def teacher_policy(teacher: CachedTeacher, instruction: str, tools: list[dict], sample: int = 0) -> Policy:
+def teacher_policy(teacher: CachedTeacher, instruction: str, tools: list[dict], sample: int = 0,
+                   temperature: float = 0.0) -> Policy:
     """A teacher (function, OpenAI-compatible, local, ...) as a policy: one cached request per live
-    episode. Its turns are checked against the tools' schemas as the student's are, so that an invalid
-    turn counts the same whoever wrote it."""
+    episode (`sample` keeps draws at a temperature apart in the cache). Its turns are checked against
+    the tools' schemas as the student's are, so that an invalid turn counts the same whoever wrote it."""
     def act(histories: list[list[dict]]) -> list[Step]:
-        replies = teacher.complete([act_request(instruction, h, tools, sample) for h in histories])
+        replies = teacher.complete([act_request(instruction, h, tools, sample, temperature) for h in histories])
         messages = [json.loads(reply) if reply else None for reply in replies]
         return [Step(m, m is None or not message_problems(m, tools)) for m in messages]
     return act

@@ -25,8 +25,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..agents.continuation import continue_episodes, sampling_teacher_policy
-from ..agents.episodes import Episode
+from ..agents.continuation import continue_episodes
+from ..agents.episodes import Episode, teacher_policy
 from ..agents.tools import is_failure
 from ..registry import SYNTH
 from .registry import AgentStep, AgentSynth, SynthContext
@@ -149,7 +149,7 @@ def other_type(value):
 
 def refined(broken: list[tuple], step: AgentRefineStep, ctx: SynthContext, agent: AgentSynth) -> list[dict]:
     """Each broken episode run on by the teacher; the ones whose call failed and that then succeeded."""
-    policy = sampling_teacher_policy(ctx.teacher, ctx.instruction, agent.schemas, 0, step.temperature)
+    policy = teacher_policy(ctx.teacher, ctx.instruction, agent.schemas, 0, step.temperature)
     prefixes = [prefix for _, prefix, _, _ in broken]
     episodes = continue_episodes(agent.environment, prefixes, policy, agent.max_turns, scored(agent.judge))
     made = []

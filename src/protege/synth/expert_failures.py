@@ -31,8 +31,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..agents.continuation import continue_episodes, sampling_teacher_policy
-from ..agents.episodes import Episode, run_episodes
+from ..agents.continuation import continue_episodes
+from ..agents.episodes import Episode, run_episodes, teacher_policy
 from ..agents.tools import is_failure
 from ..records import record_input
 from ..registry import SYNTH
@@ -83,7 +83,7 @@ def sampled_failures(requests: list[str], step: ExpertFailuresStep, ctx: SynthCo
     for sample in range(1, step.samples + 1):
         affordable = requests[:ctx.left() // agent.max_turns]
         ctx.drop("budget", len(requests) - len(affordable))
-        policy = sampling_teacher_policy(ctx.teacher, ctx.instruction, agent.schemas, sample, step.temperature)
+        policy = teacher_policy(ctx.teacher, ctx.instruction, agent.schemas, sample, step.temperature)
         for episode in run_episodes(agent.environment, affordable, policy, agent.max_turns, scored(agent.judge)):
             reason = {1.0: "sampled episode succeeded", -1.0: "success unknown"}.get(episode.score)
             if reason:
@@ -124,7 +124,7 @@ def continued(states: list[tuple[str, list[dict]]], sample: int, step: ExpertFai
     """The teacher's continuation of each state the budget affords; the successful ones as records."""
     affordable = states[:within_budget([prefix for _, prefix in states], agent.max_turns, ctx.left())]
     ctx.drop("budget", len(states) - len(affordable))
-    policy = sampling_teacher_policy(ctx.teacher, ctx.instruction, agent.schemas, sample, step.temperature)
+    policy = teacher_policy(ctx.teacher, ctx.instruction, agent.schemas, sample, step.temperature)
     episodes = continue_episodes(agent.environment, [prefix for _, prefix in affordable], policy, agent.max_turns,
                                  scored(agent.judge))
     made = []
