@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from protege.models.chat_format import (CALL_CLOSE, CALL_OPEN, EMPTY, MALFORMED_JSON, SCHEMA_MISMATCH, TOOLS_INTRO,
+from protege.models.chat_format import (CALL_CLOSE, response_block, CALL_OPEN, EMPTY, MALFORMED_JSON, SCHEMA_MISMATCH, TOOLS_INTRO,
                                         UNCLOSED_BLOCK, UNKNOWN_TOOL, assistant_spans, assistant_text, chat_text,
                                         normalize_tools, parse_assistant, render_messages, rendered_record,
                                         supports_tools)
@@ -422,3 +422,14 @@ def test_unreadable_files_name_the_file(tmp_path):
 def test_normalize_tools_wraps_bare_functions():
     bare = {"name": "f", "parameters": {"type": "object", "properties": {}}}
     assert normalize_tools([bare, SHOP_TOOLS[0]]) == [{"type": "function", "function": bare}, SHOP_TOOLS[0]]
+
+
+def test_a_json_result_is_rendered_as_json_and_anything_else_as_its_string():
+    def block(content):
+        return response_block({"role": "tool", "name": "lookup", "content": content})
+    assert block('{"id": "C001", "orders": [1, 2]}') == ('<tool_response>{"name": "lookup", "content": '
+                                                        '{"id": "C001", "orders": [1, 2]}}</tool_response>')
+    assert block('[{"a": 1}]') == '<tool_response>{"name": "lookup", "content": [{"a": 1}]}</tool_response>'
+    assert block("3.50") == '<tool_response>{"name": "lookup", "content": "3.50"}</tool_response>'
+    assert block("{not json") == '<tool_response>{"name": "lookup", "content": "{not json"}</tool_response>'
+    assert block("error: boom") == '<tool_response>{"name": "lookup", "content": "error: boom"}</tool_response>'

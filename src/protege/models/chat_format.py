@@ -28,6 +28,8 @@ Two paths, chosen per tokenizer by `supports_tools` (a probe rendering, not a li
   * a tool result is a block in a USER message; the results of consecutive tool messages share one
     user message, one block a line:
         <tool_response>{"name": "get_price", "content": "3.50"}</tool_response>
+    a result that is a JSON object or array is the content's JSON itself, not a string of it
+    ({"name": "find_customer", "content": {"customer_id": "C001"}}): no escaped quotes to read past.
     User rather than the template's `tool` role: every template renders a user turn, while one that
     does not know tools may drop or reject a `tool` message, and a user turn is never in the loss.
 
@@ -211,8 +213,20 @@ def call_block(call: dict) -> str:
 
 
 def response_block(message: dict) -> str:
-    body = {"name": message["name"], "content": message.get("content") or ""}
+    body = {"name": message["name"], "content": result_value(message.get("content") or "")}
     return RESPONSE_OPEN + json.dumps(body, ensure_ascii=False) + RESPONSE_CLOSE
+
+
+def result_value(content: str) -> Any:
+    """A result that is a JSON object or array goes in as JSON, not as a string of it: escaped quotes
+    cost a token each and bury the fields a small model must read (a list it must count). Anything else,
+    "3.50" included, stays the string it is."""
+    if content.lstrip()[:1] not in ("{", "["):
+        return content
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content
 
 
 def arguments_object(arguments: str | dict | None) -> dict:
