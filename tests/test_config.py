@@ -38,7 +38,7 @@ def test_examples_load(examples_dir):
     (GOOD + "rounds: two\n", 10, "rounds", "integer"),
     (GOOD.replace("  kind: function", "  kind: function\n  temprature: 0.5"), 9, "teacher.temprature", "unknown key"),
     (GOOD + "train:\n  epochs: -1\n", 11, "train.epochs", "greater than 0"),
-    (GOOD + "seeds: missing.jsonl\n", 10, "seeds", "file not found"),
+    (GOOD.replace("seeds:\n  - {input: a, output: b}", "seeds: missing.jsonl"), 3, "seeds", "file not found"),
     (GOOD + "metric:\n  name: regex\n  pattern: \"(\"\n", 12, "metric.pattern", "invalid pattern"),
     (GOOD.replace("instruction: Do it.", "instruction: [unclosed"), 3, "", "invalid YAML"),
 ])

@@ -324,6 +324,14 @@ class TaskSpec(Strict):
     tools: ToolsConfig | None = Field(None, description="An agent task: the tools the student learns to call "
                                       "over several turns, and their environment. Empty: a single-turn task.")
 
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, name: str) -> str:
+        """The run goes to runs/NAME: a name with a path in it would put it somewhere else."""
+        if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise ValueError("a task name is one folder name (no /, \\ or ..), as the run goes to runs/NAME")
+        return name
+
     @model_validator(mode="after")
     def _needs_a_test_set(self) -> "TaskSpec":
         if not self.test:
@@ -420,6 +428,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item}: field '{item}': expected KEY=VALUE")
         path, raw = item.split("=", 1)
+        if not all(part.strip() for part in path.split(".")):
+            raise ConfigError(f"--set {item}: field '{path}': a key is empty")
         node = data
         *parents, leaf = path.split(".")
         for part in parents:
@@ -428,10 +438,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item}: field '{path}': {part} is not a mapping")
-        before, node[leaf] = node.get(leaf), yaml.safe_load(raw) if raw else ""
+        before, node[leaf] = node.get(leaf), override_value(item, path, raw)
         if before not in (None, node[leaf]):
             keep_own_options(node, leaf, item)
     return data
+
+
+def override_value(item: str, path: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item}: field '{path}': invalid YAML value: "
+                          f"{getattr(exc, 'problem', None) or exc}") from None
 
 
 def keep_own_options(node: dict, key: str, item: str) -> None:
@@ -459,7 +477,24 @@ def read_yaml_mapping(text: str, where: str, expected: str) -> tuple[dict, dict[
         raise ConfigError(f"{where}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}:1: field '(document)': expected a mapping of {expected}")
+    refuse_duplicate_keys(node, where)
     return data, _line_index(node)
+
+
+def refuse_duplicate_keys(node: yaml.Node, where: str, path: tuple = ()) -> None:
+    """A key given twice is an error: YAML loaders keep the last one silently, hiding the first."""
+    children = node.value if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else []
+    seen: set = set()
+    for i, child in enumerate(children):
+        if isinstance(node, yaml.SequenceNode):
+            refuse_duplicate_keys(child, where, path + (i,))
+            continue
+        key, value = child
+        if key.value in seen:
+            raise ConfigError(f"{where}:{key.start_mark.line + 1}: field '{field_name(path + (key.value,))}': "
+                              f"given twice")
+        seen.add(key.value)
+        refuse_duplicate_keys(value, where, path + (key.value,))
 
 
 def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSpec, dict[tuple, int]]:
@@ -471,29 +506,60 @@ def parse_spec(text: str, where: str, overrides: list[str] = ()) -> tuple[TaskSp
         raise first_error(exc, lines, where) from None
 
 
-def _read_jsonl(path: Path, where: str, line: int, field: str) -> list[Any]:
-    from .runs import JSONLError, read_jsonl
+def _read_jsonl(path: Path, where: str, line: int, field: str) -> list[tuple[int, Any]]:
+    """(line, row) for each row of a task's JSONL file; an unreadable line names the file and line."""
+    from .runs import JSONLError, numbered_jsonl
     if not path.is_file():
         raise ConfigError(f"{where}:{line}: field '{field}': file not found: {path}")
     try:
-        return read_jsonl(path)
+        return numbered_jsonl(path)
     except JSONLError as exc:
-        raise ConfigError(f"{exc.path}:{exc.line}: field '{field}': invalid JSON: {exc.msg}") from None
+        raise ConfigError(f"{exc.path}:{exc.line}: field '{field}': {exc.what}: {exc.msg}") from None
 
 
 def _examples(value, task: LoadedTask, lines, field: str) -> list[Example]:
     if not isinstance(value, str):
+        for i, example in enumerate(value):
+            check_example(example, task, field, f"{task.source}:{line_of(lines, (field, i))}")
         return list(value)
     path = task.directory / value
     from .conversations import is_chat_file
     if path.is_file() and is_chat_file(path):
         return _conversation_examples(path, field)
     rows = _read_jsonl(path, str(task.source), line_of(lines, (field,)), field)
+    return [file_example(row, task, field, f"{path}:{n}") for n, row in rows]
+
+
+def file_example(row: Any, task: LoadedTask, field: str, where: str) -> Example:
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: field '{field}': expected a JSON object with input and output, "
+                          f"got {type(row).__name__}")
     try:
-        return [Example.model_validate(r) for r in rows]
+        example = Example.model_validate(row)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: field '{field}': {exc.errors()[0]['msg']} "
+        raise ConfigError(f"{where}: field '{field}': {exc.errors()[0]['msg']} "
                           f"({field_name(exc.errors()[0]['loc'])})") from None
+    check_example(example, task, field, where)
+    return example
+
+
+def check_example(example: Example, task: LoadedTask, field: str, where: str) -> None:
+    """An example missing what its field needs is an error, not an empty prompt or answer trained on or
+    scored against: every example needs its input; seeds need their answer; a test item needs a
+    reference (its output, code tests, or the task's verifier)."""
+    missing = [key for key in ("input", "output") if not getattr(example, key) and key in needed(example, task,
+                                                                                                field)]
+    if missing:
+        raise ConfigError(f"{where}: field '{field}': the row has no {' and no '.join(missing)}")
+
+
+def needed(example: Example, task: LoadedTask, field: str) -> set[str]:
+    if example.messages:
+        return set()
+    verified = task.spec.tools is not None and bool(task.spec.tools.verifier)
+    if field == "test" and (example.tests or verified):
+        return {"input"}
+    return {"input", "output"}
 
 
 def _conversation_examples(path: Path, field: str) -> list[Example]:
@@ -524,7 +590,16 @@ def _inputs(value, task: LoadedTask, lines) -> list[str]:
         return list(value)
     path = task.directory / value
     rows = _read_jsonl(path, str(task.source), line_of(lines, ("inputs",)), "inputs")
-    return [r["input"] if isinstance(r, dict) else str(r) for r in rows]
+    return [input_text(row, f"{path}:{n}") for n, row in rows]
+
+
+def input_text(row: Any, where: str) -> str:
+    """An inputs row: {input: text} or the text itself."""
+    text = row.get("input") if isinstance(row, dict) else row
+    if isinstance(text, str) and text.strip():
+        return text
+    problem = "is not text" if text is not None and not isinstance(text, str) else "has no input"
+    raise ConfigError(f"{where}: field 'inputs': the row {problem} (expected {{\"input\": TEXT}})")
 
 
 def task_file(target: str | Path) -> Path:
@@ -532,12 +607,20 @@ def task_file(target: str | Path) -> Path:
     return path / "task.yaml" if path.is_dir() else path
 
 
+def task_text(path: Path) -> str:
+    from .runs import JSONLError, read_text
+    try:
+        return read_text(path)
+    except JSONLError as exc:
+        raise ConfigError(f"{exc.path}:{exc.line}: field '(document)': {exc.msg}") from None
+
+
 def load_task(target: str | Path, overrides: list[str] = ()) -> LoadedTask:
     """Read and validate a task: a directory holding task.yaml, or the YAML file itself."""
     path = task_file(target)
     if not path.is_file():
         raise ConfigError(f"{path}:1: field '(document)': task file not found")
-    spec, lines = parse_spec(path.read_text(encoding="utf-8"), str(path), overrides)
+    spec, lines = parse_spec(task_text(path), str(path), overrides)
     task = LoadedTask(spec, path.parent.resolve(), path)
     task.lines = lines
     task.seeds = _examples(spec.seeds, task, lines, "seeds")

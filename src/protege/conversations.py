@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from .runs import JSONLError, digest
+from .runs import JSONLError, digest, numbered_jsonl, read_text
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -59,7 +59,7 @@ def is_chat_file(path: Path) -> bool:
 def chat_layout(path: Path) -> str | None:
     """"array" (a JSON array of rows), "messages" or "conversations" (JSONL, by its first row's key), or
     None for a file of other rows; a first line that is no JSON is None too: the JSONL reader says where."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         first = next((line.strip() for line in f if line.strip()), "")
     if first.startswith("["):
         return "array"
@@ -72,17 +72,10 @@ def chat_layout(path: Path) -> str | None:
 
 def numbered_rows(path: Path) -> list[tuple[int, Any]]:
     """(line, row) for every row: a JSONL file's lines, or the elements of a JSON array."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if text.lstrip().startswith("["):
         return array_rows(path, text)
-    return [(n, jsonl_row(path, n, line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
-def jsonl_row(path: Path, n: int, line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise JSONLError(path, n, exc.msg) from None
+    return numbered_jsonl(path)
 
 
 def array_rows(path: Path, text: str) -> list[tuple[int, Any]]:

@@ -25,12 +25,56 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask. os.umask reads it only by setting it, so it is read from /proc where there
+    is one: no moment in which another thread's new files would get a mask of 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def temp_file(directory: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """tempfile.mkstemp, with the mode a plain open() gives (0666 less the umask), not mkstemp's 0600:
+    the file is renamed into place and is then the user's output."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, name
+
+
+def temp_dir(directory: Path, prefix: str) -> Path:
+    """tempfile.mkdtemp, with the mode a plain mkdir gives (0777 less the umask), not mkdtemp's 0700."""
+    path = Path(tempfile.mkdtemp(dir=directory, prefix=prefix))
+    path.chmod(0o777 & ~umask())
+    return path
+
+
+def listing(path: Path) -> dict[str, list[int] | None]:
+    """What is at `path`, as protege records what it wrote to know it again: each file and folder at
+    or under it by its path relative to `path` ("." is `path` itself), a file with [size, mtime_ns] and
+    a folder with None. Any file changed, added or removed since changes the listing."""
+    entries = [path, *sorted(path.rglob("*"))] if path.is_dir() else [path]
+    return {entry.relative_to(path).as_posix(): stamp(entry) for entry in entries}
+
+
+def stamp(path: Path) -> list[int] | None:
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+
+
 def write_atomic(path: Path, text: str) -> None:
+    """The file whole or not at all: written beside it and renamed, the partial copy removed when the
+    write fails (a full disk, an interrupt)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    fd, tmp = temp_file(path.parent, f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -42,7 +86,23 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file's value; a file that is not JSON (truncated by a kill, edited by hand) is an error
+    naming it."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise JSONLError(Path(path), exc.lineno, exc.msg) from None
+
+
+def read_text(path: Path) -> str:
+    """A text file as UTF-8; bytes that are not UTF-8 are an error naming the file and their line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise JSONLError(Path(path), line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})",
+                         what="unreadable text") from None
 
 
 def cache_root() -> Path:
@@ -54,7 +114,7 @@ def build_dir_atomic(target: Path, build: Callable[[Path], None]) -> None:
     """Build a folder in a temporary sibling and rename it into place when the build finishes, so
     a crash leaves nothing that looks done and no temporary folder behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = temp_dir(target.parent, f".{target.name}.")
     try:
         build(tmp)
         shutil.rmtree(target, ignore_errors=True)
@@ -65,22 +125,28 @@ def build_dir_atomic(target: Path, build: Callable[[Path], None]) -> None:
 
 
 class JSONLError(ValueError):
-    """A line of a JSONL file that is not JSON; says which file and line."""
+    """A line of a JSON or JSONL file that cannot be read; says which file and line."""
 
-    def __init__(self, path: Path, line: int, msg: str):
-        self.path, self.line, self.msg = path, line, msg
-        super().__init__(f"{path}:{line}: invalid JSON: {msg}")
+    def __init__(self, path: Path, line: int, msg: str, what: str = "invalid JSON"):
+        self.path, self.line, self.msg, self.what = path, line, msg, what
+        super().__init__(f"{path}:{line}: {what}: {msg}")
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise JSONLError(path, n, exc.msg) from None
-    return rows
+    return [row for _, row in numbered_jsonl(path)]
+
+
+def numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """(line number, row) for every non-blank line of a JSONL file."""
+    return [(n, jsonl_row(Path(path), n, line)) for n, line in enumerate(read_text(path).splitlines(), 1)
+            if line.strip()]
+
+
+def jsonl_row(path: Path, n: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise JSONLError(path, n, exc.msg) from None
 
 
 class Run:
