@@ -125,6 +125,13 @@ def test_max_tokens_over_the_limit_is_400_saying_so(server):
         chat(server, "hi", max_tokens=MAX_TOKENS + 1)
 
 
+def test_without_max_tokens_a_reply_is_held_to_the_servers_limit(server):
+    # the context (1024) has room for more: the server's --max-tokens bounds the default
+    reply = client(server).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}],
+                                                   temperature=0)
+    assert 0 < reply.usage.completion_tokens <= MAX_TOKENS
+
+
 def test_an_oversized_body_is_413(server):
     with pytest.raises(openai.APIStatusError, match=f"at most {MAX_BYTES}") as caught:
         chat(server, "x" * MAX_BYTES)

@@ -13,7 +13,14 @@ with chat_format): a reply holding `<tool_call>` blocks comes back as `tool_call
 tools) lets the model choose; "none" offers no tools; "required" or a named function forces a call by
 constrained decoding (models.forced_calls), so its arguments always parse and match the tool's schema,
 even from a random model. A forced call runs to its end past a smaller max_tokens, and stop strings do
-not cut it."""
+not cut it.
+
+With an API key, every path is behind it, the API's docs and schema included. Every error is OpenAI's
+JSON shape, {"error": {"message", "type", "param", "code"}}: what the request got wrong (its JSON, a
+field's type, checked as strictly as OpenAI checks it, a role, an empty prompt, a reply that cannot fit)
+is a 4xx; anything else is logged and answered as a JSON 500 on a connection that stays open. A request
+without max_tokens gets what fits, as vLLM gives it: the server's --max-tokens, or less where the model's
+context ends first."""
 
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 
 from ..conversations import normalize_tools
 from ..models.acting import act_prompts, parsed_turns
@@ -40,38 +49,49 @@ from .batching import Batcher, Generation
 from .proxy import ProxySpec
 
 STREAM_PIECE_CHARS = 16
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # those OpenAI's API accepts
+logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
-    """Answered as OpenAI does: {"error": {"message", "type", "code"}} with the HTTP status."""
+    """Answered as OpenAI does: {"error": {"message", "type", "param", "code"}} with the HTTP status."""
 
-    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, code: str, kind: str = "invalid_request_error",
+                 param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code, self.kind = status, message, code, kind
+        self.status, self.message, self.code, self.kind, self.param = status, message, code, kind, param
 
 
 def error_response(exc: APIError) -> JSONResponse:
-    body = {"error": {"message": exc.message, "type": exc.kind, "code": exc.code}}
+    body = {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.code}}
     return JSONResponse(body, status_code=exc.status)
 
 
-class FunctionCall(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class Strict(BaseModel):
+    """Types are checked as OpenAI's API checks them: "5" is not an integer, true not a temperature.
+    Unknown fields are accepted and ignored."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class FunctionCall(Strict):
     name: str = Field(min_length=1)
     arguments: str | dict = "{}"
 
 
-class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ToolCall(Strict):
     id: str = ""
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[dict] | None = ""
+class ContentPart(Strict):
+    type: str
+    text: str = ""
+
+
+class Message(Strict):
+    role: Literal[ROLES]
+    content: str | list[ContentPart] | None = ""
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     name: str | None = None
@@ -79,7 +99,7 @@ class Message(BaseModel):
     def text(self) -> str:
         """Content given as OpenAI content parts keeps its text parts."""
         if isinstance(self.content, list):
-            return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+            return "".join(part.text for part in self.content if part.type == "text")
         return self.content or ""
 
     def chat_message(self) -> dict:
@@ -92,9 +112,8 @@ class Message(BaseModel):
         return message
 
 
-class Sampling(BaseModel):
+class Sampling(Strict):
     """What both endpoints share. Unknown OpenAI fields (seed, top_p, ...) are accepted and ignored."""
-    model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = Field(None, gt=0)
     max_completion_tokens: int | None = Field(None, gt=0)
@@ -179,22 +198,23 @@ def parameters_problem(parameters) -> str:
     return ""
 
 
-def validation_message(exc: ValidationError) -> str:
-    """The first problem, naming the field: `messages: Field required`."""
-    first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
+def validation_error(exc: ValidationError) -> APIError:
+    """The most specific problem (the deepest, where a union's branches each failed), naming the field:
+    `messages: Field required`."""
+    first = max(exc.errors(include_url=False), key=lambda error: len(error["loc"]))
+    if first["type"] == "json_invalid":
+        return APIError(400, f"request body is not valid JSON: {first['msg']}", "invalid_json")
+    where = ".".join(str(part) for part in first["loc"])
+    return APIError(400, f"{where or 'body'}: {first['msg']}", "invalid_request", param=where or None)
 
 
 def parse_body(raw: bytes, schema: type[BaseModel]):
+    """pydantic's JSON parser refuses what json.loads lets through to crash later: bytes that are not
+    UTF-8, a lone surrogate ("\\ud800", which no UTF-8 text can hold), nesting deep enough to recurse."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", "invalid_json") from exc
-    try:
-        return schema.model_validate(data)
+        return schema.model_validate_json(raw)
     except ValidationError as exc:
-        raise APIError(400, validation_message(exc), "invalid_request") from exc
+        raise validation_error(exc) from exc
 
 
 def apply_stop(text: str, stop: str | list[str] | None) -> tuple[str, bool]:
@@ -231,7 +251,6 @@ class Server:
                            "invalid_api_key", "authentication_error")
 
     async def read(self, request: Request, schema: type[BaseModel]):
-        self.check_key(request)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_request_bytes:
             raise self.too_large(int(declared))
@@ -244,17 +263,24 @@ class Server:
         return APIError(413, f"request body is {size} bytes; this server accepts at most "
                         f"{self.max_request_bytes}", "request_too_large")
 
-    def max_tokens(self, body: Sampling, forced: ForcedCall | None = None) -> int:
-        """What the request asks, or for a forced call, at least what the call may take."""
-        wanted = body.max_completion_tokens or body.max_tokens or self.max_tokens_limit
-        if wanted > self.max_tokens_limit:
-            raise APIError(400, f"max_tokens is {wanted}; this server allows at most {self.max_tokens_limit}",
+    def max_tokens(self, body: Sampling, prompt: list[int], forced: ForcedCall | None = None) -> int:
+        """What the request asks, or for a forced call, at least what the call may take. A request that
+        asks nothing gets what fits, up to the server's limit, as vLLM does."""
+        asked = body.max_completion_tokens or body.max_tokens
+        if asked and asked > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {asked}; this server allows at most {self.max_tokens_limit}",
                            "max_tokens_too_large")
         bound = forced.token_bound() if forced else 0
         if bound > self.max_tokens_limit:
             raise APIError(400, f"a call to {' or '.join(forced.functions)} may take {bound} tokens; this "
                            f"server allows at most {self.max_tokens_limit}", "max_tokens_too_large")
-        return max(wanted, bound)
+        return max(asked or self.room(prompt), bound)
+
+    def room(self, prompt: list[int]) -> int:
+        """The most tokens a reply to `prompt` may take: the server's limit, or less where the context
+        ends first (none where the prompt fills it: check_length refuses that)."""
+        left = self.context - len(prompt) if self.context else self.max_tokens_limit
+        return min(self.max_tokens_limit, left)
 
     def check_model(self, name: str) -> None:
         if name != self.name:
@@ -262,6 +288,11 @@ class Server:
                            "model_not_found")
 
     def check_length(self, prompt: list[int], max_tokens: int) -> None:
+        if not prompt:
+            raise APIError(400, "the prompt is empty: there is nothing to continue", "empty_prompt", param="prompt")
+        if self.context and len(prompt) >= self.context:
+            raise APIError(400, f"prompt ({len(prompt)} tokens) leaves no room for a reply in the model's context "
+                           f"of {self.context} tokens", "context_length_exceeded")
         if self.context and len(prompt) + max_tokens > self.context:
             raise APIError(400, f"prompt ({len(prompt)} tokens) plus max_tokens ({max_tokens}) exceeds the "
                            f"model's context of {self.context} tokens", "context_length_exceeded")
@@ -276,7 +307,7 @@ class Server:
 
     async def generate(self, prompt: list[int], body: Sampling, forced: ForcedCall | None = None) -> Generation:
         self.check_model(body.model)
-        max_tokens = self.max_tokens(body, forced)
+        max_tokens = self.max_tokens(body, prompt, forced)
         self.check_length(prompt, max_tokens)
         result = await asyncio.wrap_future(self.batcher.submit(prompt, max_tokens, body.temperature, forced))
         if forced is not None:
@@ -366,7 +397,6 @@ def reply(answer: Generation | ChatAnswer, body: Sampling, whole, stream) -> JSO
 def add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/v1/models")
     async def models(request: Request):
-        server.check_key(request)
         card = {"id": server.name, "object": "model", "created": 0, "owned_by": "protege"}
         return {"object": "list", "data": [card]}
 
@@ -386,10 +416,34 @@ def add_routes(app: FastAPI, server: Server) -> None:
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    """Routes read their bodies themselves (parse_body), so APIError is the one error they raise."""
+    """Routes read their bodies themselves (parse_body), so APIError is the one error they raise; a path
+    or method no route serves (404, 405) is answered in OpenAI's shape too."""
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
         return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                       "_".join(str(exc.detail).lower().split()), kind))
+
+
+def add_guard(app: FastAPI, server: Server) -> None:
+    """Every path is behind the key, /docs and /openapi.json included. An error that nothing else
+    answered is logged with its traceback and answered as a JSON 500: Starlette's own handler would send
+    plain text and re-raise, and uvicorn then drops the connection."""
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        try:
+            server.check_key(request)
+            return await call_next(request)
+        except APIError as exc:
+            return error_response(exc)
+        except Exception:  # noqa: BLE001 - any failure is this request's 500, not the server's end
+            logger.exception("%s %s failed", request.method, request.url.path)
+            return error_response(APIError(500, "the server failed while answering this request; its log has "
+                                           "the traceback", "internal_error", "server_error"))
 
 
 def close_on_exit(batcher: Batcher):
@@ -423,6 +477,7 @@ def build_app(model_dir: Path | None = None, api_key: str | None = None, max_tok
     app.state.server = server
     add_routes(app, server)
     add_error_handlers(app)
+    add_guard(app, server)
     return app
 
 
