@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_task
 from .registry import ADAPTER, REGISTRIES, TRAIN, docs_tables
-from .runs import write_json
+from .runs import RunInUse, StageInterrupted, write_json
 
 
 def _run_dir(args, task) -> Path:
@@ -335,9 +335,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ModelNotFound, TeacherError, ValueError, FileNotFoundError) as exc:
+    except (ModelNotFound, TeacherError, RunInUse, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a folder it may not write: what failed, with the file
+        print(f"error: {exc.strerror or exc} ({exc.filename or 'no file named'}); files written whole are "
+              f"kept, nothing half-written", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        where = f" during {exc.stage}" if isinstance(exc, StageInterrupted) else ""
+        print(f"interrupted{where}; run the same command again to resume from the last finished stage",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -149,31 +152,101 @@ def jsonl_row(path: Path, n: int, line: str) -> Any:
         raise JSONLError(path, n, exc.msg) from None
 
 
-class Run:
-    """A run directory. Each stage lives in stages/NAME-KEY; a stage whose folder exists is done."""
+class RunInUse(RuntimeError):
+    """Another live process holds the run directory."""
 
-    def __init__(self, root: Path):
+
+class StageInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a stage was being built: says which, so the user knows a re-run resumes there."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+        super().__init__(stage)
+
+
+# what a killed write leaves: write_atomic's ".NAME.XXXXXXXX" beside the file it was writing
+PARTIAL_FILE = re.compile(r"\.(.+)\.[a-z0-9_]{8}")
+
+
+class Run:
+    """A run directory. Each stage lives in stages/NAME-KEY; a stage whose folder exists, with every
+    file its stage.json lists at the size it was written, is done."""
+
+    def __init__(self, root: Path, say: Callable[[str], None] = lambda line: None):
         self.root = Path(root)
         self.stages = self.root / "stages"
+        self.say = say
+        self.lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Hold the run directory for this process, so that two runs never train into the same stages
+        or pay the teacher twice. flock is let go by the kernel when its holder dies: the lock of a
+        killed run is taken over, and its leftover partial folders and files are removed."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if holder.startswith(f"pid {os.getpid()},"):  # this process, from an earlier command it ran
+                return self.remove_partial_writes()
+            raise RunInUse(f"run directory {self.root} is in use by another protege ({holder}); wait for it "
+                           f"to finish or give this one another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self.lock_fd = fd
+        self.remove_partial_writes()
+
+    def remove_partial_writes(self) -> None:
+        for leftover in self.stages.glob(".*") if self.stages.is_dir() else []:
+            shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.root.glob(".*"):
+            if leftover.is_file() and PARTIAL_FILE.fullmatch(leftover.name):
+                leftover.unlink(missing_ok=True)
 
     def stage_dir(self, name: str, key: str) -> Path:
         return self.stages / f"{name}-{key}"
 
     def stage(self, name: str, key_material: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
-        """Return the stage's folder, building it first (atomically) unless it exists.
+        """Return the stage's folder, building it first (atomically) unless it is done.
         Returns (folder, reused)."""
         final = self.stage_dir(name, digest(key_material))
-        if final.is_dir():
+        if final.is_dir() and self.intact(final):
             return final, True
 
         def build_and_record(out: Path) -> None:
             build(out)
-            write_json(out / "stage.json", {"name": name, "key": key_material})
+            write_json(out / "stage.json", {"name": name, "key": key_material, "files": written_files(out)})
 
         if not is_main_process():
             return follow_main_process(final, build), False
-        build_dir_atomic(final, build_and_record)
+        try:
+            build_dir_atomic(final, build_and_record)
+        except KeyboardInterrupt as exc:
+            raise exc if isinstance(exc, StageInterrupted) else StageInterrupted(final.name) from None
         return final, False
+
+    def intact(self, folder: Path) -> bool:
+        """Every file the stage wrote is there at the size it was written (a stage from before the list
+        was kept has none to check)."""
+        try:
+            files = read_json(folder / "stage.json").get("files", {})
+        except (OSError, ValueError, AttributeError):
+            files = {"stage.json": -1}
+        changed = [name for name, size in files.items() if file_size(folder / name) != size]
+        if changed:
+            self.say(f"{folder.name}: {changed[0]} is missing or changed since it was written; redoing the stage")
+        return not changed
+
+
+def written_files(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*"))
+            if path.is_file()}
+
+
+def file_size(path: Path) -> int | None:
+    return path.stat().st_size if path.is_file() else None
 
 
 def is_main_process() -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..config import LoadedTask, TaskSpec
 from ..models import load_model, model_dir, pick_device
-from ..runs import Run, digest
+from ..runs import Run, digest, is_main_process
 from ..teachers import CachedTeacher, affordable, cached_teacher
 
 if TYPE_CHECKING:
@@ -150,5 +150,8 @@ def prepare(task: LoadedTask, run_dir: Path, say: Callable[[str], None] = say_pr
     teacher = cached_teacher(spec.teacher, task.directory, (lambda: students.load(None), base.identity))
     judge = cached_teacher(spec.judge.teacher, task.directory) if spec.judge.teacher else None
     agent = agent_setup(task) if spec.tools else None
-    return RunState(task=task, run=Run(run_dir), device=device, base=base, students=students, teacher=teacher,
+    run = Run(run_dir, say)
+    if is_main_process():
+        run.lock()
+    return RunState(task=task, run=run, device=device, base=base, students=students, teacher=teacher,
                     budget=Budget(spec.budget.requests, spec.budget.tokens), say=say, judge=judge, agent=agent)
