@@ -4,6 +4,8 @@ the library its users load it with (plain transformers, peft, transformers' GGUF
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import gguf
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from protege.config import ConfigError
 from protege.export import ExportError, export_model
 from protege.export import gguf as gguf_export
 from protege.models.tiny import build_tiny, tiny_tokenizer
@@ -264,6 +267,79 @@ def test_adapter_missing_a_weight_is_refused(lora, tiny, tmp_path):
     with pytest.raises(ExportError, match="1 adapter weights missing"):
         export_model(adapter, tmp_path / "out", ["adapter"], base=tiny)
     assert not (tmp_path / "out" / "adapter").exists()
+
+
+# --- what is already there: replaced only where protege wrote it ----------------------------------------
+
+def export_cli(capfd, *args) -> tuple[int, str]:
+    from protege.cli import main
+
+    code = main(["export", *map(str, args)])
+    return code, capfd.readouterr().err.strip()
+
+
+def one_line(err: str, named) -> None:
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and str(named) in err, err
+
+
+def test_export_refuses_to_replace_what_protege_did_not_write(tiny, tmp_path, capfd):
+    out = tmp_path / "out"
+    (out / "hf").mkdir(parents=True)
+    (out / "hf" / "notes.txt").write_text("mine")
+    code, err = export_cli(capfd, tiny, "--out", out)
+    assert code == 2
+    one_line(err, out / "hf")
+    assert (out / "hf" / "notes.txt").read_text() == "mine" and not (out / "export.json").exists()
+    (out / "export.json").write_text('{"mine": true}\n')
+    code, err = export_cli(capfd, tiny, "--out", out, "--format", "gguf", "--gguf-dtype", "f32")
+    assert code == 2
+    one_line(err, out / "export.json")
+    assert (out / "export.json").read_text() == '{"mine": true}\n' and not list(out.glob("*.gguf"))
+    assert export_cli(capfd, tiny, "--out", out, "--overwrite")[0] == 0
+    assert not (out / "hf" / "notes.txt").exists() and (out / "hf" / "model.safetensors").is_file()
+    assert json.loads((out / "export.json").read_text())["written"] == {"hf": str(out / "hf")}
+
+
+def test_export_replaces_its_own_earlier_output_until_it_is_changed(tiny, tmp_path):
+    out = tmp_path / "out"
+    export_model(tiny, out, ["hf"])
+    export_model(tiny, out, ["gguf"], gguf_dtype="f32")  # leaves hf as it is, and still knows it
+    export_model(tiny, out, ["hf", "gguf"], gguf_dtype="f32")
+    (out / "hf" / "config.json").write_text((out / "hf" / "config.json").read_text() + "\n")
+    with pytest.raises(ConfigError, match=r"out/hf: exists and is not what protege exported there"):
+        export_model(tiny, out, ["hf"])
+    export_model(tiny, out, ["gguf"], gguf_dtype="f32")  # what changed is not in the way of this one
+    (out / "model-f32.gguf").write_bytes(b"mine")
+    with pytest.raises(ConfigError, match=r"model-f32.gguf: exists and is not what protege exported there"):
+        export_model(tiny, out, ["gguf"], gguf_dtype="f32")
+    assert (out / "model-f32.gguf").read_bytes() == b"mine"
+
+
+def test_export_to_a_file_is_refused(tiny, tmp_path, capfd):
+    target = tmp_path / "model.gguf"
+    target.write_bytes(b"mine")
+    code, err = export_cli(capfd, tiny, "--out", target)
+    assert code == 2
+    one_line(err, target)
+    assert target.read_bytes() == b"mine"
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_exported_files_and_folders_follow_the_umask(tiny, lora, tmp_path, umask_027):
+    out = tmp_path / "out"
+    export_model(lora[0], out, ["hf", "adapter", "gguf"], gguf_dtype="f32")
+    modes = {path.relative_to(out).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in out.rglob("*")}
+    assert modes["export.json"] == modes["model-f32.gguf"] == modes["hf/model.safetensors"] == 0o640
+    assert modes["adapter/adapter_model.safetensors"] == 0o640
+    assert modes["hf"] == modes["adapter"] == 0o750
+    assert {mode for name, mode in modes.items() if (out / name).is_file()} == {0o640}
+    assert {mode for name, mode in modes.items() if (out / name).is_dir()} == {0o750}
 
 
 # --- the embedded student ----------------------------------------------------------------------------------

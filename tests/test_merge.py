@@ -242,6 +242,7 @@ def test_merge_dirs_leaves_nothing_when_a_model_lacks_a_tensor(models, tmp_path)
     weights = load_file(first / "model.safetensors")
     weights.pop("model.norm.weight")
     save_file(weights, partial / "model.safetensors")
+    (partial / "config.json").write_bytes((first / "config.json").read_bytes())
     with pytest.raises(KeyError, match="model.norm.weight"):
         merge_dirs(base, [partial], "linear", {}, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -217,6 +217,107 @@ def test_models_that_do_not_merge_raise_merge_error(tiny, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def reshaped(base, out):
+    """The base with one tensor of another shape, its config unchanged."""
+    weights = load_file(base / "model.safetensors")
+    weights["model.norm.weight"] = weights["model.norm.weight"][:-1]
+    return with_weights(base, out, weights)
+
+
+def with_extra_tensor(base, out):
+    weights = load_file(base / "model.safetensors")
+    weights["model.extra.weight"] = torch.zeros(3)
+    return with_weights(base, out, weights)
+
+
+def with_weights(base, out, weights):
+    from safetensors.torch import save_file
+
+    out.mkdir()
+    save_file(weights, out / "model.safetensors")
+    (out / "config.json").write_bytes((base / "config.json").read_bytes())
+    return out
+
+
+@pytest.mark.parametrize("make,mismatch", [
+    (lambda base, out: build_tiny(out, seed=1, layers=3), "config num_hidden_layers 3 does not match the base's 2"),
+    (lambda base, out: build_tiny(out, seed=1, hidden=32), "config hidden_size 32 does not match the base's 64"),
+    (reshaped, r"model.norm.weight of shape \[63\] does not match the base's \[64\]"),
+    (with_extra_tensor, "has tensor 'model.extra.weight', which the base has not"),
+])
+def test_a_model_unlike_the_base_is_refused_naming_it_and_the_first_mismatch(tiny, tmp_path, capfd, make, mismatch):
+    from protege.cli import main
+
+    other = make(tiny / "base", tmp_path / "other")
+    capfd.readouterr()  # building it reports progress
+    path = tmp_path / "merge.yaml"
+    path.write_text(f"merge_method: task_arithmetic\nbase_model: {tiny / 'base'}\nmodels: [{{model: {other}}}]\n")
+    with pytest.raises(MergeError, match=f"merge.yaml: {other}: {mismatch}"):
+        merge_from_yaml(path, tmp_path / "out")
+    assert main(["merge", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(other) in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_configs_compare_as_transformers_reads_them(tiny, tmp_path):
+    """A base saved by transformers 4 (rope_theta at the top) is the same network as its fine-tune saved
+    by transformers 5 (rope_theta in rope_parameters)."""
+    import shutil
+
+    old = tmp_path / "old-base"
+    shutil.copytree(tiny / "base", old)
+    config = json.loads((old / "config.json").read_text())
+    config["rope_theta"] = config.pop("rope_parameters")["rope_theta"]
+    config["torch_dtype"], config["transformers_version"] = config.pop("dtype"), "4.46.0"
+    (old / "config.json").write_text(json.dumps(config))
+    path = tmp_path / "merge.yaml"
+    path.write_text(f"merge_method: task_arithmetic\nbase_model: {old}\nmodels: [{{model: {tiny / 'a'}}}]\n")
+    assert (merge_from_yaml(path) / "model.safetensors").is_file()
+
+
+def test_merge_replaces_only_its_own_unchanged_output(tiny, tmp_path, capfd):
+    from protege.cli import main
+
+    path = tmp_path / "merge.yaml"
+    path.write_text(f"merge_method: task_arithmetic\nbase_model: {tiny / 'base'}\nmodels: [{{model: {tiny / 'a'}}}]\n")
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["merge", str(path)]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{out}: exists and is not a merge protege wrote" in err, err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(["merge", str(path), "--overwrite"]) == 0
+    assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+    assert main(["merge", str(path)]) == 0  # its own output, as it wrote it
+    (out / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="exists and is not a merge protege wrote there"):
+        merge_from_yaml(path)
+    assert (out / "config.json").read_text() == "{}"
+    file_out = tmp_path / "file"
+    file_out.write_text("mine")
+    assert main(["merge", str(path), "--out", str(file_out)]) == 2
+    assert file_out.read_text() == "mine"
+
+
+def test_merged_files_and_folders_follow_the_umask(tiny, tmp_path):
+    import os
+    import stat
+
+    path = tmp_path / "merge.yaml"
+    path.write_text(f"merge_method: task_arithmetic\nbase_model: {tiny / 'base'}\nmodels: [{{model: {tiny / 'a'}}}]\n"
+                    "shard_size: 100kB\n")
+    previous = os.umask(0o027)
+    try:
+        out = merge_from_yaml(path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o640}
+    assert len(list(out.glob("*.safetensors"))) > 1
+
+
 # --- per-model parameters, by hand -----------------------------------------------------------------
 
 def test_ties_density_per_model_by_hand():

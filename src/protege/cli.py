@@ -142,7 +142,7 @@ def cmd_export(args) -> int:
     elif not target.is_dir():
         target = model_or_adapter(args.model)
     formats = [f for f in args.format.split(",") if f]
-    written = export_model(target, Path(args.out), formats, base, args.gguf_dtype)
+    written = export_model(target, Path(args.out), formats, base, args.gguf_dtype, args.overwrite)
     print(json.dumps({name: str(path) for name, path in written.items()}, indent=2))
     return 0
 
@@ -150,10 +150,10 @@ def cmd_export(args) -> int:
 def cmd_merge(args) -> int:
     from .merge.config import MergeError, merge_from_yaml
     try:
-        print(f"merged: {merge_from_yaml(Path(args.config), Path(args.out) if args.out else None)}")
-    except MergeError as exc:  # models that cannot be merged (shapes, missing tensors): not a config typo
+        print(f"merged: {merge_from_yaml(Path(args.config), Path(args.out) if args.out else None, args.overwrite)}")
+    except MergeError as exc:  # models that cannot be merged (shapes, missing tensors): the user's input
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
@@ -189,6 +189,8 @@ def add_merge_parser(sub) -> None:
                        "models a mergekit-style YAML names, tensor by tensor")
     p.add_argument("config", help="merge YAML: merge_method, base_model, models [{model, parameters}], parameters")
     p.add_argument("--out", help="output directory (default: the YAML's out, else merged/ beside it)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output directory even when it is not "
+                   "an earlier merge's, unchanged (default: refuse)")
     p.set_defaults(fn=cmd_merge)
 
 
@@ -202,6 +204,8 @@ def add_export_parser(sub) -> None:
     p.add_argument("--format", default="hf", help="comma-separated: hf, adapter, gguf (default: hf)")
     p.add_argument("--base", help="the adapter's base model (default: the run's, or adapter_config.json's)")
     p.add_argument("--gguf-dtype", default="f16", choices=["f32", "f16", "q8_0"], help="GGUF tensor type")
+    p.add_argument("--overwrite", action="store_true", help="replace what is at the output names even when "
+                   "export.json does not list it as protege's, unchanged (default: refuse)")
     p.set_defaults(fn=cmd_export)
 
 

@@ -52,9 +52,10 @@ def export_adapter(adapter: Path, out: Path, base: Path) -> Path:
         raise ExportError(f"{adapter}: no {', '.join(missing)}; peft's format is {' + '.join(ADAPTER_FILES)}")
 
     def build(tmp: Path) -> None:
-        # copied, not re-saved: peft's save_pretrained looks a hub base up on the network
+        # copied, not re-saved: peft's save_pretrained looks a hub base up on the network; copied without
+        # the source's mode, so the export's files take the user's umask like every file protege writes
         for name in ADAPTER_FILES:
-            shutil.copy2(Path(adapter) / name, tmp / name)
+            shutil.copyfile(Path(adapter) / name, tmp / name)
         AutoTokenizer.from_pretrained(tokenizer_dir(adapter, base)).save_pretrained(tmp)
         check_loads(tmp, base)
 

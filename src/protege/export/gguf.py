@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 
+from ..runs import temp_file
 from . import ExportError
 
 SUPPORTED_TYPES = ("llama",)
@@ -264,7 +264,7 @@ def measure(gguf_path: Path, hf_dir: Path, dtype: str) -> dict:
 
 def export_gguf(hf_dir: Path, path: Path, dtype: str = "f16", name: str | None = None) -> tuple[Path, dict]:
     """Write, load back, compare, and only then rename into place: (path, what the check measured)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".gguf")
+    fd, tmp = temp_file(path.parent, f".{path.stem}.", ".gguf")
     os.close(fd)
     try:
         write_gguf(hf_dir, Path(tmp), dtype, name)

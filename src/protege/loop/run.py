@@ -96,7 +96,9 @@ def round_line(result: RoundResult) -> str:
 def export_student(state: RunState, model: Path, run_dir: Path) -> dict[str, Path]:
     from ..export import export_model
     cfg = state.spec.export
-    return export_model(model, run_dir / "export", cfg.formats, state.base_dir, cfg.gguf_dtype)
+    # the run directory is this run's own (it holds the lock): an earlier run's export is replaced, also
+    # one written before export.json listed its files
+    return export_model(model, run_dir / "export", cfg.formats, state.base_dir, cfg.gguf_dtype, overwrite=True)
 
 
 def write_summary(run_dir: Path, summary: RunSummary, say: Callable[[str], None]) -> None:

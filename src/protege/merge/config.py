@@ -142,15 +142,17 @@ class MergePlan:
     dtype: torch.dtype | None
 
 
-def merge_from_yaml(path: Path, out: Path | None = None) -> Path:
+def merge_from_yaml(path: Path, out: Path | None = None, overwrite: bool = False) -> Path:
     """Merge as the YAML file says; `out` overrides its `out`. Raises ConfigError for a file that
-    cannot be used (file:line:field), MergeError for models that cannot be merged."""
+    cannot be used (file:line:field), for weights that cannot be read (models.weights.WeightsError) and
+    for an output folder protege did not write (unless `overwrite`); MergeError for models that cannot
+    be merged."""
     from .streaming import merge_dirs
 
     plan = load_plan(Path(path), out)
     try:
         return merge_dirs(plan.base, plan.models, plan.method, plan.params, plan.out, plan.weights,
-                          plan.shard_bytes, plan.dtype)
+                          plan.shard_bytes, plan.dtype, overwrite)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise MergeError(f"{path}: {exc.args[0] if exc.args else exc}") from None
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import shutil
 import struct
 from contextlib import ExitStack
@@ -25,7 +24,10 @@ import torch
 from safetensors import safe_open
 
 from ..models import is_adapter
-from ..runs import build_dir_atomic
+from ..config import ConfigError
+from ..models.weights import (INDEX, LoraTarget, Tensor, adapter_targets, check_adapter, check_model,
+                              read_config)
+from ..runs import build_dir_atomic, listing, read_json, write_json
 from . import merge_tensor
 from .lines import layer_index
 
@@ -36,54 +38,74 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
           "U8": torch.uint8, "BOOL": torch.bool}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-INDEX = "model.safetensors.index.json"
 # weights in these files would be stale next to the merged ones; an adapter's config would make the
-# merged folder look like an adapter
-NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", INDEX, "adapter_config.json")
-# peft's key for each half of a LoRA pair: (which half, whether the product is transposed, as peft
-# stores embedding LoRA as (r, vocab) and (dim, r))
-LORA_PARTS = {"lora_A.weight": ("a", False), "lora_B.weight": ("b", False),
-              "lora_embedding_A": ("a", True), "lora_embedding_B": ("b", True)}
-LORA_KEY = re.compile(r"base_model\.model\.(.+)\.(" + "|".join(map(re.escape, LORA_PARTS)) + ")")
-PEFT_PREFIX = "base_model.model."
+# merged folder look like an adapter; a merge's record describes that merge
+MANIFEST = "merge.json"
+WRITER = "protege merge"  # merge.json's mark: protege's record, not a file of the same name
+NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", INDEX, "adapter_config.json", MANIFEST)
 # LoraConfig options that change what merging computes, beyond W + scale * B @ A
 NOT_PLAIN_LORA = ("lora_bias", "target_parameters", "layer_replication", "use_qalora")
+
+# config fields that decide what the tensors mean: models differing in one are not the same network
+STRUCTURE = ("model_type", "architectures", "num_hidden_layers", "hidden_size", "intermediate_size",
+             "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
+             "hidden_act", "rms_norm_eps", "max_position_embeddings", "rope_parameters", "rope_theta",
+             "rope_scaling", "attention_bias", "mlp_bias", "sliding_window", "layer_types")
 
 Source = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 def merge_dirs(base_dir: Path, model_dirs: list[Path], method: str, params: dict | None, out_dir: Path,
                weights: list[float] | None = None, max_shard_bytes: int = 2 << 30,
-               dtype: torch.dtype | None = None) -> Path:
+               dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Merge fine-tuned model (or LoRA adapter) directories onto a base, writing a model directory
     with the first model's config and tokenizer files (an adapter's: the base's config and the
-    adapter's tokenizer). Floating tensors are written in `dtype` when given, else the base's."""
+    adapter's tokenizer), and merge.json saying what was merged and listing what was written. Floating
+    tensors are written in `dtype` when given, else the base's. An `out_dir` that is there and is not
+    an earlier merge's, unchanged, is refused (ConfigError) unless `overwrite`."""
     weights = [1.0] * len(model_dirs) if weights is None else list(weights)
-    models = [Path(directory) for directory in model_dirs]
-    build_dir_atomic(Path(out_dir), lambda out: write_merged(
-        Path(base_dir), models, method, params or {}, weights, out, max_shard_bytes, dtype))
-    return Path(out_dir)
+    models, out_dir = [Path(directory) for directory in model_dirs], Path(out_dir)
+    if not overwrite:
+        refuse_replacing(out_dir)
+    elif out_dir.is_symlink() or out_dir.is_file():
+        out_dir.unlink()  # a rename does not replace a file with a folder
+
+    def build(out: Path) -> None:
+        write_merged(Path(base_dir), models, method, params or {}, weights, out, max_shard_bytes, dtype)
+        write_json(out / MANIFEST, {"written_by": WRITER, "method": method, "base": str(base_dir),
+                                    "models": [str(model) for model in models], "weights": weights,
+                                    "files": listing(out)})
+    build_dir_atomic(out_dir, build)
+    return out_dir
 
 
-def tensor_files(directory: Path) -> dict[str, Path]:
-    """Which safetensors file holds each tensor name (reads only the files' headers)."""
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no .safetensors weights to merge")
-    where = {}
-    for path in files:
-        with safe_open(path, framework="pt") as handle:
-            where.update(dict.fromkeys(handle.keys(), path))
-    return where
+def refuse_replacing(out: Path) -> None:
+    if (out.exists() or out.is_symlink()) and not earlier_merge(out):
+        raise ConfigError(f"{out}: exists and is not a merge protege wrote there ({MANIFEST} does not list it as "
+                          "it is now); pass --overwrite to replace it")
+
+
+def earlier_merge(out: Path) -> bool:
+    """Whether `out` is a merge protege wrote and nobody changed since: exactly what its merge.json lists."""
+    if out.is_symlink() or not out.is_dir():
+        return False
+    try:
+        record = read_json(out / MANIFEST)
+    except (OSError, ValueError):
+        return False
+    now = {name: stamp for name, stamp in listing(out).items() if name != MANIFEST}
+    return isinstance(record, dict) and record.get("written_by") == WRITER and record.get("files") == now
 
 
 def write_merged(base_dir: Path, models: list[Path], method: str, params: dict, weights: list[float],
                  out: Path, max_shard_bytes: int, dtype: torch.dtype | None = None) -> None:
-    base_files = tensor_files(base_dir)
+    base_tensors = check_model(base_dir)
+    base_files = files_of(base_tensors)
+    model_files = [checked_files(directory, base_dir, base_tensors) for directory in models]
     num_layers = 1 + max((layer_index(name) or 0) for name in base_files)
     with ExitStack() as stack:
         read = tensor_reader(stack)
-        sources = [model_source(directory, base_files, read) for directory in models]
+        sources = [model_source(directory, files, read) for directory, files in zip(models, model_files)]
 
         def merged(name: str) -> torch.Tensor:
             base = read(base_files, name, base_dir)
@@ -101,32 +123,65 @@ def write_merged(base_dir: Path, models: list[Path], method: str, params: dict, 
     copy_side_files([base_dir, models[0]] if is_adapter(models[0]) else [models[0]], out, dtype)
 
 
-def model_source(directory: Path, base_files: dict[str, Path], read: Callable) -> Source:
+def files_of(found: dict[str, Tensor]) -> dict[str, Path]:
+    """Which safetensors file holds each tensor name."""
+    return {name: tensor.path for name, tensor in found.items()}
+
+
+def checked_files(directory: Path, base_dir: Path, base_tensors: dict[str, Tensor]) -> dict[str, Path]:
+    """The model's tensor files, once it is known to be the base's network: a LoRA adapter fits the
+    base's shapes; a full model has the base's config where that shapes the network, and exactly the
+    base's tensor names and shapes (one with a layer more would be merged only where the base has
+    tensors, under a config that still says it has the layer)."""
+    if is_adapter(directory):
+        return files_of(check_adapter(directory, base_dir))
+    same_structure(directory, base_dir)
+    found = check_model(directory)
+    same_tensors(directory, found, base_tensors)
+    return files_of(found)
+
+
+def same_structure(directory: Path, base_dir: Path) -> None:
+    ours, base = structure(directory), structure(base_dir)
+    for key in STRUCTURE:
+        if ours.get(key) != base.get(key):
+            raise ValueError(f"{directory}: config {key} {ours.get(key)!r} does not match the base's "
+                             f"{base.get(key)!r} ({base_dir})")
+
+
+def structure(directory: Path) -> dict:
+    """The config as transformers reads it, so that files written by different transformers versions
+    (rope_theta at the top or in rope_parameters) compare equal; a text model's own config first."""
+    from transformers import AutoConfig
+
+    read_config(directory / "config.json")  # a config that is not JSON is named, not a traceback
+    config = AutoConfig.from_pretrained(directory)
+    top, text = config.to_dict(), config.get_text_config().to_dict()
+    return {key: text.get(key, top.get(key)) for key in STRUCTURE}
+
+
+def same_tensors(directory: Path, found: dict[str, Tensor], base_tensors: dict[str, Tensor]) -> None:
+    for name in sorted(found.keys() | base_tensors.keys()):
+        if name not in found:
+            raise KeyError(f"{directory}: has no tensor {name!r}, which the base has")
+        if name not in base_tensors:
+            raise ValueError(f"{directory}: has tensor {name!r}, which the base has not")
+        if found[name].shape != base_tensors[name].shape:
+            raise ValueError(f"{directory}: {name} of shape {list(found[name].shape)} does not match the "
+                             f"base's {list(base_tensors[name].shape)}")
+
+
+def model_source(directory: Path, files: dict[str, Path], read: Callable) -> Source:
     """source(name, base tensor) -> that model's tensor of the name."""
     if is_adapter(directory):
-        return lora_source(directory, base_files, read)
-    files = tensor_files(directory)
+        return lora_source(directory, files, read)
     return lambda name, base: read(files, name, directory)
 
 
-@dataclasses.dataclass
-class LoraTarget:
-    """What an adapter does to one base tensor: a LoRA pair (adapter keys of A and B) to add, and/or
-    a whole tensor it saved in place of the base's (modules_to_save, trained biases)."""
-    module: str = ""
-    a: str = ""
-    b: str = ""
-    transposed: bool = False
-    replaced: str = ""
-
-
-def lora_source(directory: Path, base_files: dict[str, Path], read: Callable) -> Source:
+def lora_source(directory: Path, files: dict[str, Path], read: Callable) -> Source:
+    """Checked against the base's names and shapes already (models.weights.check_adapter)."""
     config = lora_config(directory)
-    files = tensor_files(directory)
     targets = lora_targets(files, directory)
-    for name in targets:
-        if name not in base_files:
-            raise KeyError(f"{directory}: the adapter changes {name!r}, which the base has not")
 
     def tensor(name: str, base: torch.Tensor) -> torch.Tensor:
         target = targets.get(name)
@@ -148,22 +203,9 @@ def lora_source(directory: Path, base_files: dict[str, Path], read: Callable) ->
 
 def lora_targets(files: dict[str, Path], directory: Path) -> dict[str, LoraTarget]:
     """The base tensor name each adapter tensor belongs to, read from peft's key names."""
-    targets: dict[str, LoraTarget] = {}
-    for key in files:
-        found = LORA_KEY.fullmatch(key)
-        if found:
-            module, part = found.groups()
-            target = targets.setdefault(f"{module}.weight", LoraTarget())
-            half, target.transposed = LORA_PARTS[part]
-            target.module = module
-            setattr(target, half, key)
-        elif key.startswith(PEFT_PREFIX) and "lora_" not in key:
-            # a whole tensor (modules_to_save, a trained bias, an embedding saved with its LoRA);
-            # an embedding keeps peft's wrapper name, base_layer
-            name = key[len(PEFT_PREFIX):].replace(".base_layer.", ".")
-            targets.setdefault(name, LoraTarget()).replaced = key
-        else:
-            raise ValueError(f"{directory}: adapter tensor {key!r} is not plain LoRA; cannot merge it")
+    targets, others = adapter_targets(files)
+    if others:
+        raise ValueError(f"{directory}: adapter tensor {others[0]!r} is not plain LoRA; cannot merge it")
     for name, target in targets.items():
         if bool(target.a) != bool(target.b):
             raise ValueError(f"{directory}: {name} has only half of its LoRA pair")
@@ -291,7 +333,7 @@ def copy_side_files(sources: list[Path], out: Path, dtype: torch.dtype | None = 
     for source in sources:
         for path in source.iterdir():
             if path.is_file() and not path.name.endswith(NOT_COPIED):
-                shutil.copy2(path, out / path.name)
+                shutil.copyfile(path, out / path.name)  # not the source's mode: the user's umask
     config = out / "config.json"
     if dtype is not None and config.is_file():
         values = json.loads(config.read_text())

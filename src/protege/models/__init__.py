@@ -33,10 +33,13 @@ def pick_device(choice: str = "auto") -> str:
 
 
 def load_model(directory: Path, device: str = "cpu", adapter: Path | None = None):
-    """Model and tokenizer, with a LoRA adapter merged in when given (faster generation)."""
+    """Model and tokenizer, with a LoRA adapter merged in when given (faster generation). `adapter` may
+    also be a full model directory, loaded instead of `directory`. Bad weights are refused first, naming
+    the file (WeightsError)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_loadable(directory, adapter)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir(directory, adapter))
@@ -53,6 +56,18 @@ def load_model(directory: Path, device: str = "cpu", adapter: Path | None = None
         from .vllm_generate import WEIGHTS_DIR_ATTR
         setattr(model, WEIGHTS_DIR_ATTR, Path(adapter or directory))
     return model.to(device).eval(), tokenizer
+
+
+def check_loadable(directory: Path, adapter: Path | None = None) -> None:
+    """What load_model refuses before any library reads a tensor (see models.weights)."""
+    from .weights import check_adapter, check_model
+
+    if adapter is not None and is_adapter(adapter):
+        check_adapter(adapter, directory)  # and the base's weights with it
+        return
+    check_model(directory)
+    if adapter is not None:
+        check_model(adapter)
 
 
 def save_merged(base: Path, adapter: Path, out: Path) -> Path:
