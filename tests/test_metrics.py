@@ -1,11 +1,10 @@
 import json
-import socket
 import time
 
 import pytest
 
 from protege.config import EvalConfig, Example, MetricConfig
-from protege.evaluate.metrics import code_exec, score
+from protege.evaluate.metrics import score
 from protege.registry import METRIC
 from protege.evaluate.metrics.code_exec import extract_code
 from protege.records import normalize
@@ -175,40 +174,7 @@ def test_code_memory_limit_stops_a_2_gb_allocation():
     assert value == 0.0 and "MemoryError" in details["stderr"]
 
 
-@pytest.fixture
-def listening_server():
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    server.setblocking(False)
-    yield server
-    server.close()
-
-
-CONNECT = "import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')"
-
-
-@pytest.mark.parametrize("namespace", [True, False])
-def test_code_cannot_reach_a_local_server(listening_server, monkeypatch, namespace):
-    if namespace and not code_exec.network_namespace_available():
-        pytest.skip("this machine gives no network namespace to unprivileged processes")
-    monkeypatch.setattr(code_exec, "network_namespace_available", lambda: namespace)
-    program = CONNECT.format(port=listening_server.getsockname()[1])
-    value, details = score("code", program, "")
-    assert value == 0.0 and "network access is disabled" in details["stderr"]
-    with pytest.raises(BlockingIOError):  # nothing ever connected
-        listening_server.accept()
-
-
-def test_code_network_namespace_stops_what_slips_past_the_prelude(listening_server):
-    if not code_exec.network_namespace_available():
-        pytest.skip("this machine gives no network namespace to unprivileged processes")
-    # the C-level socket type is not patched by the prelude; only the namespace stands in the way
-    program = f"import _socket\n_socket.socket().connect(('127.0.0.1', {listening_server.getsockname()[1]}))"
-    value, details = score("code", program, "")
-    assert value == 0.0 and "Network is unreachable" in details["stderr"]
-    with pytest.raises(BlockingIOError):
-        listening_server.accept()
+# the sandbox's isolation: tests/test_code_sandbox.py
 
 
 def test_code_non_utf8_output_is_read_safely():

@@ -1,28 +1,34 @@
 """Code execution: the prediction's code, then the item's tests, run by Python in a sandbox; the item
 passes when the program exits 0.
 
-The sandbox is a subprocess in its own process group with a wall-clock timeout (the whole group is
-killed), an address-space limit (RLIMIT_AS) and a file-size limit (so endless output cannot fill the
-disk), a fresh temporary working directory, a minimal environment, and no network: a network namespace
-of its own (`unshare --net`) where the machine allows one, and in every case a prelude, run before the
-program, that makes creating a socket raise. The prelude runs from `-c` and the program through runpy
-rather than being pasted above the code, so that `from __future__` imports stay legal and traceback
-line numbers are the program's own. It keeps mistakes and runaway programs in; it is not a jail for
-hostile code.
+The sandbox (code_sandbox.py) is the best this machine gives, probed once per process: namespaces of
+its own where unshare(2) is allowed (a read-only view of the system and this Python, a private
+scratch folder, no network, an unprivileged uid, a pid namespace whose end kills every process the
+program started), else bubblewrap where it is installed and protege is not root, else nothing but
+rlimits, a uid of its own when root and a subreaper. Every backend limits processes (unless the
+program's uid is root's), address space per process, file size, open files and CPU time, and kills
+the program and all it started at the timeout. Without a network namespace
+the program could reach the network (`import _socket`, a subprocess), so the item is refused: it
+scores 0 with the reason, unless the task accepts that (`accept_no_network_isolation`). Each item's
+details say which isolation applied (`sandbox`) and why a better one did not.
+
+The program runs from `-c` through runpy rather than being pasted under a prelude, so that
+`from __future__` imports stay legal and traceback line numbers are the program's own.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,23 +36,14 @@ from pydantic import Field
 
 from ...config import MetricConfig
 from ...registry import METRIC
+from . import code_sandbox
 
 # the last fenced block; a block cut off by max_new_tokens runs to the end of the text
 FENCED = re.compile(r"```(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
-RUNNER = '''\
-import socket as _socket_module
-class _NoNetworkSocket(_socket_module.socket):
-    def __init__(self, *args, **kwargs):
-        raise PermissionError("network access is disabled in the protege code sandbox")
-_socket_module.socket = _socket_module.SocketType = _NoNetworkSocket
-del _socket_module
-import runpy, sys
-sys.argv = ["program.py"]
-runpy.run_path("program.py", run_name="__main__")
-'''
-OUTPUT_LIMIT_BYTES = 16 << 20
 STDERR_TAIL = 2000
-UNSHARE = ["unshare", "--net", "--map-root-user"]
+PROCESS_LIMIT = 32
+SETUP_SECONDS = 10.0  # the launcher's own start and teardown, on top of the program's timeout
+ISOLATED = ("namespaces", "bwrap")  # best first
 
 
 class CodeMetric(MetricConfig):
@@ -54,6 +51,16 @@ class CodeMetric(MetricConfig):
                                   "reference as the test), in a sandboxed Python process.")
     timeout: float = Field(5.0, gt=0, description="Seconds one program may run.")
     memory_mb: int = Field(512, gt=0, description="Address-space limit of one program, in MiB.")
+    accept_no_network_isolation: bool = Field(
+        False, description="Run the code even where this machine gives no network namespace (then only "
+        "Python's socket module is blocked, not `_socket` or a subprocess, and the filesystem is not "
+        "isolated); false: such items fail, with the reason in their record.")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    unavailable: dict[str, str] = field(default_factory=dict)  # the better backends refused here, and why
 
 
 def extract_code(prediction: str) -> str:
@@ -62,51 +69,32 @@ def extract_code(prediction: str) -> str:
 
 
 @functools.cache
-def network_namespace_available() -> bool:
-    """Whether this machine lets an unprivileged process have a network namespace (probed once)."""
-    if shutil.which("unshare") is None:
-        return False
-    try:
-        return subprocess.run(UNSHARE + ["true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+def sandbox_backend() -> Backend:
+    """The best backend that runs a program here (probed once)."""
+    unavailable = {}
+    for name in ISOLATED:
+        reason = why_unavailable(name)
+        if reason is None:
+            return Backend(name, unavailable)
+        unavailable[name] = reason
+    return Backend("none", unavailable)
 
 
-def limiter(memory_mb: int):
-    def apply_limits() -> None:  # runs in the child between fork and exec
-        memory = memory_mb << 20
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES))
-    return apply_limits
-
-
-def sandbox_env(home: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-
-
-def command() -> list[str]:
-    # -I: no user site-packages, no PYTHON* variables, no working directory on sys.path
-    python = [sys.executable, "-I", "-c", RUNNER]
-    return UNSHARE + python if network_namespace_available() else python
+def why_unavailable(backend: str) -> str | None:
+    if backend == "bwrap" and shutil.which("bwrap") is None:
+        return "bwrap is not installed"
+    if backend == "bwrap" and os.geteuid() == 0:
+        return "protege runs as root, and no process limit binds root inside bwrap"
+    result = launch(backend, "pass\n", CodeMetric())
+    if result["returncode"] == 0 and "error" not in result:
+        return None
+    return result.get("error") or f"a test program exited {result['returncode']}: {result['stderr'][-300:]}"
 
 
 def tail(path: Path, limit: int = STDERR_TAIL) -> str:
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - 4 * limit))
         return f.read().decode("utf-8", errors="replace")[-limit:]
-
-
-def wait_or_kill(proc: subprocess.Popen, timeout: float) -> bool:
-    """Waits for the program, then kills its process group: the program itself when it ran past the
-    timeout, else whatever it left running in the background. True when it timed out."""
-    try:
-        proc.wait(timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    kill_group(proc.pid)
-    proc.wait()
-    return timed_out
 
 
 def kill_group(pid: int) -> None:
@@ -116,18 +104,49 @@ def kill_group(pid: int) -> None:
         pass
 
 
-def run_program(source: str, cfg: CodeMetric) -> dict:
+def wait_for_report(proc: subprocess.Popen, limit: float) -> dict:
+    """The launcher's report; it enforces the timeout itself, `limit` is a backstop for a stuck one."""
+    try:
+        out = proc.communicate(timeout=limit)[0]
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid)
+        proc.communicate()
+        return {"returncode": -signal.SIGKILL, "timed_out": True, "error": f"the sandbox ran past {limit:g} s"}
+    finally:
+        kill_group(proc.pid)  # whatever the launcher left in its process group
+    try:
+        return json.loads(out.decode().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"returncode": proc.returncode, "timed_out": False, "error": "the sandbox launcher gave no report"}
+
+
+def launch(backend: str, source: str, cfg: CodeMetric) -> dict:
     with tempfile.TemporaryDirectory(prefix="protege-code-", ignore_cleanup_errors=True) as work:
-        program, stderr_path = Path(work, "program.py"), Path(work, "stderr.txt")
-        program.write_text(source, encoding="utf-8", errors="replace")
+        Path(work, "program.py").write_text(source, encoding="utf-8", errors="replace")
+        stderr_path = Path(work, "stderr.txt")
+        plan = {"backend": backend, "work": work, "python": sys.executable, "timeout": cfg.timeout,
+                "memory_mb": cfg.memory_mb, "processes": PROCESS_LIMIT}
         started = time.monotonic()
         with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(command(), cwd=work, env=sandbox_env(work), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
-                                    preexec_fn=limiter(cfg.memory_mb))
-            timed_out = wait_or_kill(proc, cfg.timeout)
-        return {"returncode": proc.returncode, "timed_out": timed_out, "stderr": tail(stderr_path),
-                "seconds": round(time.monotonic() - started, 3), "network_namespace": network_namespace_available()}
+            proc = subprocess.Popen(code_sandbox.command(plan), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=stderr, start_new_session=True)
+            result = wait_for_report(proc, cfg.timeout + SETUP_SECONDS)
+        return {**result, "stderr": tail(stderr_path), "seconds": round(time.monotonic() - started, 3)}
+
+
+def refusal(backend: Backend) -> dict:
+    reasons = "; ".join(f"{name}: {why}" for name, why in backend.unavailable.items())
+    return {"error": f"refused to run the code: this machine gives it no network isolation ({reasons}); a task "
+                     "that accepts that sets the metric option accept_no_network_isolation: true",
+            "sandbox": {"backend": "none", "unavailable": backend.unavailable}}
+
+
+def run_program(source: str, cfg: CodeMetric) -> dict:
+    backend = sandbox_backend()
+    if backend.name not in ISOLATED and not cfg.accept_no_network_isolation:
+        return refusal(backend)
+    details = launch(backend.name, source, cfg)
+    return {**details, "sandbox": {**details.get("sandbox", {}), "unavailable": backend.unavailable}}
 
 
 @METRIC.register(CodeMetric)
@@ -136,4 +155,5 @@ def code_pass(prediction: str, reference: str, cfg: CodeMetric, tests: str = "")
     if not code.strip():
         return 0.0, {"error": "the prediction holds no code"}
     details = run_program(f"{code}\n\n{tests or reference}\n", cfg)
-    return float(details["returncode"] == 0 and not details["timed_out"]), details
+    passed = details.get("returncode") == 0 and not details.get("timed_out") and "error" not in details
+    return float(passed), details
