@@ -1,12 +1,14 @@
 """Bad input is one line naming the file, line and field, exit 2, nothing written: the task file and the
 JSONL files it names, whatever is wrong with them (issue 19's probes of task files and the CLI)."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from protege.config import ConfigError, load_task
+from protege.train import fitting_rows
 
 TASK = """name: t
 instruction: Do it.
@@ -99,3 +101,36 @@ def test_the_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, override):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]
+
+
+def chat_row(question, answer):
+    return json.dumps({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+
+
+def test_train_data_with_content_that_is_not_text_is_one_line(tmp_path, examples_dir):
+    data = tmp_path / "data.jsonl"
+    data.write_text(chat_row("fine", "ok") + "\n" + chat_row(5, ["x"]) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "protege.cli", "train", str(examples_dir / "iso-dates"), "--data",
+                           str(data), "--run-dir", str(tmp_path / "run"), "--set", "student.model=tiny:0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {data}:2: field 'data': messages[0].content: expected text")
+
+
+def test_an_example_far_over_max_length_is_left_out_with_a_count():
+    said = []
+    rows = [{"messages": [{"role": "user", "content": "x" * n}]} for n in (10, 5000, 20)]
+    assert fitting_rows(rows, 16, said.append) == [rows[0], rows[2]]
+    assert said == ["train: 1 of 3 examples left out, each over 1024 characters (64 a token of train.max_length 16)"]
+    with pytest.raises(ValueError, match="every example is over 1024 characters"):
+        fitting_rows(rows[1:2], 16, said.append)
+
+
+def test_a_huge_line_trains_without_it(tmp_path, examples_dir):
+    data = tmp_path / "data.jsonl"
+    data.write_text(chat_row("2024-01-02?", "2024-01-02") + "\n" + chat_row("y" * 5_000_000, "z") + "\n")
+    proc = subprocess.run([sys.executable, "-m", "protege.cli", "train", str(examples_dir / "iso-dates"), "--data",
+                           str(data), "--run-dir", str(tmp_path / "run"), "--set", "student.model=tiny:0",
+                           "--set", "train.max_steps=1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 2 examples left out, each over 32768 characters" in proc.stderr

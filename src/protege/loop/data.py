@@ -261,7 +261,10 @@ def given_records(state: RunState, path: Path) -> Path:
     from ..conversations import chat_layout
     if not path.is_file():
         raise ConfigError(f"{path}:1: field 'data': file not found")
-    if chat_layout(path) not in ("array", "conversations"):
+    layout = chat_layout(path)
+    if layout == "messages":  # protege's own records: read through to check them, trained on as they are
+        read_chat_file(path, "data", "given")
+    if layout not in ("array", "conversations"):
         return path
     converted = state.run.root / f"given-{path.stem}.jsonl"
     write_jsonl(converted, read_chat_file(path, "data", "given"))

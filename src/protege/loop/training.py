@@ -71,9 +71,10 @@ def train_stage(state: RunState, name: str, method: str, start: ModelRef, data_f
 
 def write_trained(out: Path, state: RunState, inputs: TrainInputs, start: ModelRef, round_: int,
                   checkpoints: Path) -> None:
-    from ..train import check_rows, train_method
+    from ..train import check_rows, fitting_rows, train_method
     data = read_jsonl(inputs.data)
     check_rows(data, inputs.method, inputs.data)
+    data = fitting_rows(data, inputs.train.max_length, state.say)
     state.say(f"round {round_}: {inputs.method} on {len(data)} examples ({inputs.train.adapter.name}, "
               f"{state.device})")
     begin = time.time()
@@ -81,7 +82,8 @@ def write_trained(out: Path, state: RunState, inputs: TrainInputs, start: ModelR
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout is for results
         log = train_method(inputs.method, start_dir, data, inputs.train, out, inputs.device,
                            inputs.train.seed + round_, checkpoints, reward=task_reward(state.spec.metric),
-                           sft_records=read_jsonl(inputs.sft) if inputs.sft else None)
+                           sft_records=fitting_rows(read_jsonl(inputs.sft), inputs.train.max_length, state.say)
+                           if inputs.sft else None)
     if start.path is not None and is_adapter(out / "model"):
         trained = out / "model"
         save_merged(start_dir, trained.rename(out / "adapter"), trained)

@@ -6,6 +6,7 @@ data it learns from: chat records (sft, masked-thought, cft, distill, grpo) or p
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Literal
@@ -88,6 +89,25 @@ def check_rows(rows: list[dict], method: str, source: Path) -> None:
         if missing:
             raise ValueError(f"{source}:{line}: {method} trains on {options.learns_from}; this row has no "
                              f"{', '.join(missing)}")
+
+
+# characters a token: no tokenizer's tokens of real text come near it, so a row longer than this many times
+# train.max_length is far past what training reads of it, and tokenizing it whole (a 50 MB line) is what
+# would exhaust the memory
+CHARS_PER_TOKEN_BOUND = 64
+
+
+def fitting_rows(rows: list[dict], max_length: int, say: Callable[[str], None]) -> list[dict]:
+    """The rows short enough to tokenize; the others are left out with a count, all of them an error."""
+    limit = CHARS_PER_TOKEN_BOUND * max_length
+    kept = [row for row in rows if len(json.dumps(row, ensure_ascii=False)) <= limit]
+    if not kept:
+        raise ValueError(f"no training data: every example is over {limit} characters "
+                         f"({CHARS_PER_TOKEN_BOUND} a token of train.max_length {max_length})")
+    if len(kept) < len(rows):
+        say(f"train: {len(rows) - len(kept)} of {len(rows)} examples left out, each over {limit} characters "
+            f"({CHARS_PER_TOKEN_BOUND} a token of train.max_length {max_length})")
+    return kept
 
 
 def train_method(method: str, model_path: Path, data: list[dict], cfg: TrainConfig, output_dir: Path,
