@@ -60,8 +60,9 @@ def teacher_stage(state: RunState, name: str, inputs: StageInputs, build: Callab
     def recorded(out: Path) -> None:
         with teacher.allowance(state.budget.tokens_left if charged else None):
             extra = build(out) or 0
-        write_json(out / "teacher.json", {**teacher.stats.minus(before).as_dict(), "extra_requests": extra,
-                                          "seconds": time.time() - start})
+        used = teacher.stats.minus(before)
+        teacher.check_drops(used)  # a stage most of whose replies were dropped stops, saying why
+        write_json(out / "teacher.json", {**used.as_dict(), "extra_requests": extra, "seconds": time.time() - start})
 
     folder = stage(state, name, inputs, recorded)
     if charged:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from ..config import TeacherConfig
 from ..registry import TEACHER
-from .base import Teacher, TeacherError, TeacherRequest, TeacherStats, Usage, act_reply, act_request
-from .cache import CachedTeacher, TeacherCache, affordable
-from .function import FunctionTeacher, load_callable
+from .base import (Teacher, TeacherError, TeacherRequest, TeacherStats, TeacherTaskError, Usage, act_reply,
+                   act_request)
+from .cache import CacheError, CachedTeacher, TeacherCache, affordable
+from .function import FunctionTeacher, load_callable, load_task_function
 from .openai_api import OpenAITeacher
 
 
@@ -26,5 +27,6 @@ def cached_teacher(cfg: TeacherConfig, task_dir: Path, student=None) -> CachedTe
     return CachedTeacher(build_teacher(cfg, task_dir, student), TeacherCache(), {"max_tokens": cfg.max_tokens})
 
 
-__all__ = ["act_reply", "act_request", "Teacher", "TeacherRequest", "CachedTeacher", "TeacherCache", "TeacherStats", "TeacherError", "Usage",
-           "FunctionTeacher", "OpenAITeacher", "affordable", "build_teacher", "cached_teacher", "load_callable"]
+__all__ = ["act_reply", "act_request", "Teacher", "TeacherRequest", "CachedTeacher", "CacheError", "TeacherCache",
+           "TeacherStats", "TeacherError", "TeacherTaskError", "Usage", "FunctionTeacher", "OpenAITeacher",
+           "affordable", "build_teacher", "cached_teacher", "load_callable", "load_task_function"]

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from typing import Callable, Literal, Protocol
+
+from ..config import ConfigError
+
 
 class TeacherError(RuntimeError):
     """The teacher cannot be used at all (unreachable, refused every request, misconfigured)."""
+
+
+class TeacherTaskError(TeacherError, ConfigError):
+    """The task's own teacher is wrong: its spec, or its code (a module that does not import, a function
+    that raises, hangs or returns no text). The user's to fix, so it is reported as their input (exit 2)."""
 
 
 Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise", "evolve", "reflect",
@@ -201,20 +210,29 @@ class TeacherStats:
     paid: int = 0  # sent to the backend
     failed: int = 0  # the backend gave nothing usable (dropped ones included)
     retried: int = 0  # attempts repeated after a timeout, 429, 5xx, lost connection or unusable reply
-    dropped: int = 0  # given up because every reply was malformed or empty; never written as data
+    dropped: int = 0  # given up because every reply was unusable (empty, malformed, the wrong type, too late)
     over_budget: int = 0  # not sent: the token budget was spent
     tokens_in: int = 0  # prompt tokens of every reply, cached or not: what the token budget counts
     tokens_out: int = 0  # completion tokens, likewise
+    dropped_why: Counter = field(default_factory=Counter)  # reason -> replies dropped for it
+    retried_why: Counter = field(default_factory=Counter)  # reason -> retries made for it
 
     def add(self, other: "TeacherStats") -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
+    def add_outcomes(self, other: "TeacherStats") -> None:
+        """What only a backend sees, for a cache in front of it: retries and drops, with their reasons."""
+        self.retried += other.retried
+        self.dropped += other.dropped
+        self.retried_why += other.retried_why
+        self.dropped_why += other.dropped_why
+
     def copy(self) -> "TeacherStats":
-        return replace(self)
+        return TeacherStats(**{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: _copied(getattr(self, f.name)) for f in fields(self)}
 
     def minus(self, other: "TeacherStats") -> "TeacherStats":
         return TeacherStats(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)})
@@ -223,16 +241,34 @@ class TeacherStats:
         self.tokens_in += usage.tokens_in
         self.tokens_out += usage.tokens_out
 
+    def drop(self, reason: str) -> None:
+        """A request given up with no usable reply, and why."""
+        self.failed += 1
+        self.dropped += 1
+        self.dropped_why[reason] += 1
+
+    def retry(self, reason: str) -> None:
+        self.retried += 1
+        self.retried_why[reason] += 1
+
     @property
     def tokens(self) -> int:
         return self.tokens_in + self.tokens_out
+
+
+def _copied(value):
+    """A count as it is, a Counter of reasons as a new one (most common first), so copies share nothing."""
+    return Counter(dict(value.most_common())) if isinstance(value, Counter) else value
 
 
 OnReply = Callable[[int, "str | None", Usage], None]
 
 
 class Teacher(Protocol):
-    """`complete` returns one reply per request, None where the teacher gave nothing usable."""
+    """`complete` returns one reply per request, None where the teacher gave nothing usable. A backend
+    may also have `stats` (a TeacherStats: the retries and drops only it sees), a `label` for error
+    lines, `reply_rule` (what a usable reply is, said when most were not) and `user_code` (True: the
+    task's own code, whose faults are the task's: TeacherTaskError)."""
 
     name: str
 

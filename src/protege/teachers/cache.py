@@ -10,8 +10,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..config import ConfigError
 from ..runs import cache_root
-from .base import Teacher, TeacherRequest, TeacherStats, Usage, cache_key
+from .base import Teacher, TeacherError, TeacherRequest, TeacherStats, TeacherTaskError, Usage, cache_key
 
 # with a token budget and no cost seen yet, one request goes out alone to price the others
 PROBE_WINDOW = 1
@@ -19,6 +20,20 @@ PROBE_WINDOW = 1
 
 def default_cache_path() -> Path:
     return cache_root() / "teacher_cache.sqlite"
+
+
+class CacheError(ConfigError):
+    """The cache's file cannot be used (not a SQLite database, unreadable, a folder): one line naming it."""
+
+
+@contextmanager
+def database_errors(path: Path):
+    """SQLite's and the file system's errors as one line that names the cache's file."""
+    try:
+        yield
+    except (sqlite3.DatabaseError, OSError) as exc:
+        raise CacheError(f"{path}: cannot use this file as the teacher cache ({exc}); move it away, or set "
+                         f"PROTEGE_CACHE_DIR to keep the cache in another folder") from None
 
 
 class TeacherCache:
@@ -29,15 +44,16 @@ class TeacherCache:
 
     def __init__(self, path: Path | None = None):
         self.path = Path(path or default_cache_path())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
-                         "tokens_in INTEGER NOT NULL DEFAULT 0, tokens_out INTEGER NOT NULL DEFAULT 0)")
-        self._add_token_columns()
-        self._db.commit()
+        with database_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")  # the first read of the file: a text file fails here
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
+                             "tokens_in INTEGER NOT NULL DEFAULT 0, tokens_out INTEGER NOT NULL DEFAULT 0)")
+            self._add_token_columns()
+            self._db.commit()
 
     def _add_token_columns(self) -> None:
         """Caches written before replies carried token counts get the columns (as 0)."""
@@ -47,7 +63,7 @@ class TeacherCache:
                 self._db.execute(f"ALTER TABLE replies ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     def entry(self, key: str) -> tuple[str, Usage] | None:
-        with self._lock:
+        with self._lock, database_errors(self.path):  # a damaged page may show only when it is read
             row = self._db.execute("SELECT reply, tokens_in, tokens_out FROM replies WHERE key = ?",
                                    (key,)).fetchone()
         return (row[0], Usage(row[1], row[2])) if row else None
@@ -57,7 +73,7 @@ class TeacherCache:
         return found[0] if found else None
 
     def put(self, key: str, reply: str, usage: Usage = Usage()) -> None:
-        with self._lock:
+        with self._lock, database_errors(self.path):
             self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)",
                              (key, reply, usage.tokens_in, usage.tokens_out))
             self._db.commit()
@@ -155,6 +171,17 @@ class CachedTeacher:
             replies[i] = reply
             self.stats.failed += reply is None
         if before is not None:
-            done = self.backend.stats.minus(before)
-            self.stats.retried += done.retried
-            self.stats.dropped += done.dropped
+            self.stats.add_outcomes(self.backend.stats.minus(before))
+
+    def check_drops(self, used: TeacherStats) -> None:
+        """Stop a stage (`used`: what it asked) whose backend dropped most of the replies it was sent:
+        the data it would go on with is mostly missing, and such a teacher is broken (a function
+        returning no text, an endpoint answering empty replies). One line says how and why."""
+        if not used.paid or used.dropped * 2 <= used.paid:
+            return
+        reasons = ", ".join(f"{why}: {n}" for why, n in used.dropped_why.most_common())
+        label = getattr(self.backend, "label", None) or self.backend.identity()
+        rule = getattr(self.backend, "reply_rule", "")
+        error = TeacherTaskError if getattr(self.backend, "user_code", False) else TeacherError
+        raise error(f"teacher {label}: {used.dropped} of {used.paid} replies dropped ({reasons})"
+                    + (f"; {rule}" if rule else ""))

@@ -74,6 +74,10 @@ class LocalTeacher:
         self.stats = TeacherStats()
         self._loaded = None
 
+    @property
+    def label(self) -> str:
+        return f"local {self.cfg.model}"
+
     def identity(self) -> str:
         return f"local:{self.cfg.model}@{weights_identity(self.directory)}"
 
@@ -137,8 +141,7 @@ class LocalTeacher:
         """An empty generation, or a turn with neither text nor a tool call, is dropped (counted), never
         returned as data."""
         if not reply:
-            self.stats.failed += 1
-            self.stats.dropped += 1
+            self.stats.drop("empty generation" if not text.strip() else "unreadable turn")
             return None, Usage()
         usage = Usage(prompt_length, len(self._load()[1].encode(text, add_special_tokens=False)))
         self.stats.charge(usage)

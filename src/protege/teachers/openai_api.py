@@ -9,6 +9,15 @@ also stops (TeacherError) when a full round of its requests failed every try wit
 server (no connection, timeouts, 5xx, 429); a request answered with nothing usable or refused with
 another 4xx fails alone (None), since the server is up and the fault is that request's.
 
+Every failure is named by its real cause, read from the chain of exceptions the client wraps (its
+aiohttp transport reports a refused connection as "Request timed out."): connection refused, DNS
+failure, TLS error, timeout, connection lost, an HTTP status, an unusable reply. Where retrying cannot
+help, the call stops at once with that cause: a teacher that has not answered once yet and fails its
+TLS handshake or whose host name does not resolve, or (after REFUSED_TRIES quick tries, for a server
+still starting) refuses the connection. Once it has answered, the same faults are retried: a server
+restarting, a resolver's hiccup. The stats count retries and drops by reason (retried_why, dropped_why), and so does
+every stage's teacher.json.
+
 An agent's step (purpose "act") goes out through OpenAI's tool calling: the episode as the messages,
 the tool schemas as `tools` with `tool_choice: "auto"`; its reply is the assistant message (content
 and/or tool calls) as act_reply's JSON text, and one with neither is unusable like an empty reply."""
@@ -20,6 +29,8 @@ import email.utils
 import importlib.util
 import os
 import random
+import socket
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +50,14 @@ if TYPE_CHECKING:  # imported where used: importing protege loads every teacher 
 FATAL_STATUS = {401, 403, 404}
 RETRY_STATUS = {408, 409, 429}
 RETRY_AFTER_CAP = 120.0  # seconds; a server asking for longer is treated as down (the openai client's cap)
+REFUSED_TRIES = 3  # tries of a teacher that refuses connections and has never answered: a server starting up
+# the deepest cause in an error's chain names it; the first matching kind here wins
+CAUSES = ((ConnectionRefusedError, "connection refused"), (socket.gaierror, "DNS failure"),
+          (ssl.SSLError, "TLS error"), (TimeoutError, "timeout"),
+          (ConnectionError, "connection lost"))
+HINTS = {"connection refused": "is the server running, at that address and port?",
+         "DNS failure": "is the host name in teacher.base_url right?",
+         "TLS error": "does teacher.base_url's scheme (http or https) match the server?"}
 
 
 class OpenAITeacherConfig(TeacherConfig):
@@ -50,7 +69,10 @@ class OpenAITeacherConfig(TeacherConfig):
     concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
     max_retries: int = Field(5, ge=0, description="Retries after a timeout, a lost connection, 429, 5xx or a "
                              "malformed or empty reply; after the last one the request counts as failed (or "
-                             "dropped, when its replies were unusable) and gives no data.")
+                             "dropped, when its replies were unusable) and gives no data. Where no retry can "
+                             "help the run stops at once, saying why: before the server has answered once, a "
+                             "TLS error, a host name that does not resolve or (after "
+                             f"{REFUSED_TRIES} tries) a refused connection.")
     retry_base_delay: float = Field(0.5, ge=0, description="Seconds before the first retry; each further one "
                                     "waits up to twice as long (randomly between half and all of that), up to "
                                     "retry_max_delay. A 429 or 503 with Retry-After waits what it says.")
@@ -59,15 +81,52 @@ class OpenAITeacherConfig(TeacherConfig):
 
 
 class Unusable(Exception):
-    """An answer came back but holds no reply (garbage JSON, no choices, empty text)."""
+    """An answer came back but holds no reply (garbage JSON, no choices, empty text); `kind` is the
+    reason it is counted under, the message says more."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
 
 
 class Retry(Exception):
-    """One attempt failed in a way another may not; `delay` is the server's Retry-After, if any."""
+    """One attempt failed in a way another may not; `delay` is the server's Retry-After, if any;
+    `tries`: the most attempts worth making for this cause (None: teacher.max_retries + 1)."""
 
-    def __init__(self, error: Exception, delay: float | None = None):
+    def __init__(self, error: Exception, delay: float | None = None, tries: int | None = None):
         super().__init__(str(error))
-        self.error, self.delay = error, delay
+        self.error, self.delay, self.tries = error, delay, tries
+
+
+def causes(error: BaseException) -> list[BaseException]:
+    """The error and what it wraps (raise ... from, or raised while handling), outermost first."""
+    chain = [error]
+    while (inner := chain[-1].__cause__ or chain[-1].__context__) is not None and inner not in chain:
+        chain.append(inner)
+    return chain
+
+
+def lost_connection(error: BaseException) -> bool:
+    # the transports' own classes for a server that hung up (aiohttp's ServerDisconnectedError, httpx's
+    # RemoteProtocolError) share no base class with the standard library's ConnectionError
+    return isinstance(error, ConnectionError) or any(
+        word in type(error).__name__ for word in ("Disconnect", "RemoteProtocol"))
+
+
+def cause(error: BaseException) -> tuple[str, str]:
+    """(reason, detail) of a failed attempt: the reason it is counted under and the words that say it."""
+    import openai
+    if isinstance(error, Unusable):
+        return error.kind, str(error)
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}", f"HTTP {error.status_code}: {error.message}"
+    for inner in reversed(causes(error)):
+        reason = next((reason for kinds, reason in CAUSES if isinstance(inner, kinds)), None)
+        reason = reason or ("connection lost" if lost_connection(inner) else None)
+        if reason:
+            return reason, f"{reason} ({inner})" if str(inner) else reason
+    reason = "timeout" if isinstance(error, openai.APITimeoutError) else "connection error"
+    return reason, f"{reason} ({error})"
 
 
 def backoff_delay(attempt: int, base: float, cap: float, u: float) -> float:
@@ -107,7 +166,7 @@ def reply_text(completion) -> str:
     """The reply's text, stripped, from a chat.completion body; Unusable when there is none."""
     text = first_message(completion).get("content")
     if not isinstance(text, str) or not text.strip():
-        raise Unusable("empty reply" if isinstance(text, str) else "no reply text in the answer")
+        raise Unusable("empty reply" if isinstance(text, str) else "no reply text")
     return text.strip()
 
 
@@ -118,9 +177,9 @@ def act_text(completion) -> str:
     try:
         reply = act_reply(message)
     except (KeyError, TypeError, AttributeError) as exc:  # a tool call without a function or a name
-        raise Unusable(f"malformed tool call in the answer: {exc!r}") from None
+        raise Unusable("malformed tool call", repr(exc)) from None
     if reply is None:
-        raise Unusable("neither content nor tool calls in the answer")
+        raise Unusable("neither content nor tool calls")
     return reply
 
 
@@ -159,7 +218,12 @@ class OpenAITeacher:
             raise TeacherError("teacher.base_url is required for kind=openai")
         self.cfg = cfg
         self.stats = TeacherStats()
+        self.reached = False  # some answer came back from the server, an error status included
         self._random = random.Random()
+
+    @property
+    def label(self) -> str:
+        return f"{self.cfg.base_url} (model {self.cfg.model!r})"
 
     def identity(self) -> str:
         return f"openai:{self.cfg.base_url.rstrip('/')}:{self.cfg.model}"
@@ -192,19 +256,38 @@ class OpenAITeacher:
         import openai
         try:
             completion = await client.post("/chat/completions", body=self.body(request), cast_to=object)
+            self.reached = True
             reply = act_text(completion) if request.purpose == "act" else reply_text(completion)
             return reply, usage_of(completion)
         except openai.APIStatusError as exc:
+            self.reached = True
             if exc.status_code in FATAL_STATUS:
-                raise TeacherError(f"teacher {self.cfg.base_url} (model {self.cfg.model!r}) answered "
-                                   f"{exc.status_code}: {exc.message}") from None
+                raise TeacherError(f"teacher {self.label} answered {exc.status_code}: {exc.message}") from None
             if exc.status_code in RETRY_STATUS or exc.status_code >= 500:
                 raise Retry(exc, retry_after(exc.response.headers)) from None
             raise  # another 4xx: this request is wrong, asking again gives the same answer
-        except (openai.APIConnectionError, Unusable) as exc:  # timeouts are connection errors
+        except openai.APIConnectionError as exc:  # timeouts are connection errors
+            raise self.connection_failure(exc) from None
+        except Unusable as exc:
             raise Retry(exc) from None
         except ValueError as exc:  # a body that is not JSON
-            raise Retry(Unusable(f"malformed answer: {exc}")) from None
+            self.reached = True
+            raise Retry(Unusable("malformed answer", str(exc))) from None
+
+    def connection_failure(self, error: Exception) -> Exception:
+        """A Retry, or a TeacherError at once where no retry can help: a server that has never answered
+        and fails its TLS handshake or has a host name that does not resolve."""
+        reason, _ = cause(error)
+        if reason in ("TLS error", "DNS failure") and not self.reached:
+            return TeacherError(self.unreachable(error, 1))
+        return Retry(error, tries=REFUSED_TRIES if reason == "connection refused" and not self.reached else None)
+
+    def unreachable(self, error: Exception, tries: int) -> str:
+        """One line for the teacher given up on: its address, the real cause and what may fix it."""
+        reason, detail = cause(error)
+        hint = f"; {HINTS[reason]}" if reason in HINTS else ""
+        when = "at the first try" if tries == 1 else f"after {tries} tries"
+        return f"teacher {self.label}: {detail}, {when}{hint}"
 
     def wait(self, attempt: int, asked: float | None) -> float:
         if asked is not None and asked <= RETRY_AFTER_CAP:
@@ -269,14 +352,23 @@ class _Batch:
                 return reply, usage
             except Retry as retry:
                 error = retry.error
+                if retry.tries is not None and attempt + 1 >= min(tries, retry.tries):
+                    raise TeacherError(self.teacher.unreachable(error, attempt + 1)) from None
                 if attempt + 1 < tries:
-                    stats.retried += 1
+                    stats.retry(cause(error)[0])
                     await asyncio.sleep(self.teacher.wait(attempt, retry.delay))
             except openai.APIStatusError as exc:
                 error = exc
                 break
-        stats.failed += 1
-        stats.dropped += isinstance(error, Unusable)
+        return self.lose(error)
+
+    def lose(self, error: Exception) -> tuple[None, Usage]:
+        """A request given up: dropped when its replies were unusable, failed otherwise."""
+        stats = self.teacher.stats
+        if isinstance(error, Unusable):
+            stats.drop(error.kind)
+        else:
+            stats.failed += 1
         self.last_error = error
         if request_fault(error):
             self.refused += 1
@@ -293,7 +385,7 @@ class _Batch:
         cfg = self.teacher.cfg
         if self.answered == self.refused == 0 and self.lost >= min(len(self.requests), cfg.concurrency):
             raise TeacherError(f"teacher {cfg.base_url} failed every request ({self.lost} of them, "
-                               f"up to {cfg.max_retries + 1} tries each): {self.last_error}")
+                               f"up to {cfg.max_retries + 1} tries each): {cause(self.last_error)[1]}")
 
 
 @TEACHER.register(OpenAITeacherConfig)

@@ -16,7 +16,7 @@ from ..config import TeacherConfig
 from ..models.acting import act, agent_chat
 from ..registry import TEACHER
 from .base import TeacherError, TeacherRequest, act_reply
-from .function import load_callable
+from .function import load_task_function
 
 
 class SelfTeacherConfig(TeacherConfig):
@@ -108,5 +108,5 @@ def build(cfg: SelfTeacherConfig, task_dir: Path, student=None) -> SelfTeacher:
     if not cfg.verifier:
         raise TeacherError("teacher.verifier (module:attr(input, answer) -> bool) is required for kind=self")
     load, identity = student
-    return SelfTeacher(load, load_callable(cfg.verifier, task_dir), cfg.samples, max_new_tokens=cfg.max_tokens,
-                       identity=identity)
+    verifier = load_task_function(cfg.verifier, task_dir, "teacher.verifier")
+    return SelfTeacher(load, verifier, cfg.samples, max_new_tokens=cfg.max_tokens, identity=identity)
