@@ -2,6 +2,7 @@
 is there, a kill or Ctrl-C leaves nothing half-written and nothing that a re-run does not clear up."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,3 +115,44 @@ def test_ctrl_c_during_a_run_is_one_line_exit_130_and_the_rerun_resumes(tmp_path
     done = sorted(p.name for p in (run_dir / "stages").iterdir())
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     assert set(done) <= {p.name for p in (run_dir / "stages").iterdir()}
+
+
+FULL_DISK = """mount -t tmpfs -o size=450k tmpfs "$1" && shift && exec "$@" """
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, examples_dir):
+    """A real full disk: a 450 KiB tmpfs in a mount namespace of the test's own, the model and teacher
+    caches outside it, so the run fails where a stage writes its weights."""
+    disk, run_dir = tmp_path / "disk", tmp_path / "disk" / "run"
+    disk.mkdir()
+    settings = [str(examples_dir / "iso-dates"), "--set", "student.model=tiny:0", "--set", "train.max_steps=1",
+                "--set", "rounds=1", "--set", "forgetting.enabled=false", "--set", "merge.strengths=[]"]
+    namespace = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", FULL_DISK, "sh", str(disk)]
+    if subprocess.run([*namespace, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no mount namespace here to make a small disk in")
+    assert subprocess.run([sys.executable, "-m", "protege.cli", "run", *settings, "--run-dir", str(tmp_path / "warm")],
+                          capture_output=True).returncode == 0
+    proc = subprocess.run([*namespace, sys.executable, "-m", "protege.cli", "run", *settings, "--run-dir",
+                           str(run_dir)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    errors = re.findall(r"error: [^\r\n]*", proc.stderr)  # a progress bar may share its line
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith("error: No space left on device (") and "nothing half-written" in errors[0]
+    assert not [p for p in run_dir.rglob(".*") if p.name != ".lock"]
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        folder, _ = Run(tmp_path).stage("s", {"k": 1}, build_two_files([]))
+    finally:
+        os.umask(previous)
+    assert (folder.stat().st_mode & 0o777, (folder / "result.json").stat().st_mode & 0o777) == (0o755, 0o644)
+
+
+def test_report_on_a_truncated_summary_names_the_file(tmp_path, capsys):
+    from protege.cli import main
+    (tmp_path / "summary.json").write_text('{"task": "t", "base": {"accu')
+    assert main(["report", str(tmp_path), "--no-screenshot"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'summary.json'}:1: invalid JSON: ") and err.count("\n") == 1, err

@@ -332,6 +332,8 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    from safetensors import SafetensorError
+
     from .models import ModelNotFound
     from .teachers import TeacherError
     try:
@@ -345,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a folder it may not write: what failed, with the file
         print(f"error: {exc.strerror or exc} ({exc.filename or 'no file named'}); files written whole are "
               f"kept, nothing half-written", file=sys.stderr)
+        return 1
+    except SafetensorError as exc:  # safetensors' own failure to write weights (a full disk) is no OSError
+        print(f"error: {exc} (writing weights); files written whole are kept, nothing half-written",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         where = f" during {exc.stage}" if isinstance(exc, StageInterrupted) else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -122,9 +123,19 @@ def build_dir_atomic(target: Path, build: Callable[[Path], None]) -> None:
         build(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
+    except Exception as exc:
+        if disk_full(tmp):  # libraries report a failed write in their own words (torch: "unexpected pos")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def disk_full(path: Path) -> bool:
+    """Less than a mebibyte left where `path` is: what a failed write there most likely ran into."""
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize < 1 << 20
 
 
 class JSONLError(ValueError):
