@@ -14,7 +14,7 @@ from protege.records import task_chat
 from protege.models import load_model, model_dir
 from protege.runs import Run, read_json, read_jsonl
 from protege.synth.ensemble import agreement, consensus
-from protege.synth.evol_instruct import failed_answer, failed_rewrite
+from protege.synth.evol_instruct import COPIED, failed_answer
 from protege.synth.llm2llm import inputs_like_failures
 from protege.synth.magpie import pre_query, write_user_turns
 from protege.records import record_answer, record_input, sft_record
@@ -22,6 +22,7 @@ from protege.synth.refusal import R_TUNING_QUESTION
 from protege.registry import SYNTH
 from protege.synth.registry import SynthContext, run_methods
 from protege.synth.rejection import verified
+from protege.synth.written import WrittenInputs
 from protege.teachers import CachedTeacher, TeacherCache, TeacherRequest
 from protege.teachers.base import EVOLUTIONS
 from protege.teachers.openai_api import OpenAITeacher, OpenAITeacherConfig
@@ -141,7 +142,7 @@ def test_self_instruct_shows_k_seeds_and_drops_empty_copied_and_test_inputs(tmp_
     assert [record_input(r) for r in new] == ["5+5", "6+6"] and [record_answer(r) for r in new] == ["10", "12"]
     assert sources(new) == {"self-instruct": 2}
     assert len(shown) == 6 and all(len(k) == 2 and set(k) <= set(SEEDS) for k in shown)
-    assert ctx.notes[0]["dropped"] == {"unanswered": 1, "test input": 1, "repeat": 2}
+    assert ctx.notes[0]["dropped"] == {"unanswered": 1, "test input": 1, "copies what it was shown": 1, "repeat": 1}
     assert ctx.notes[0]["requests"] == ctx.used() == 6 + 2
 
 
@@ -184,12 +185,20 @@ def test_every_evolution_has_its_prompt():
             assert "Prompt Rewriter" in text and EVOLUTIONS[kind] in text and text.endswith("#Rewritten Prompt#:")
 
 
+def failed_rewrite(original, rewrite):
+    check = WrittenInputs(prompt_words=COPIED)
+    kept = check.keep(rewrite, TeacherRequest("evolve", INSTRUCTION, input=original, evolution="constraints"))
+    return kept if kept is not None else next(iter(check.dropped))
+
+
 def test_failed_evolutions_are_eliminated():
-    assert failed_rewrite("3+4", "") == "empty rewrite" and failed_rewrite("3+4", None) == "empty rewrite"
-    assert failed_rewrite("3+4", " 3+4. ") == "unchanged"
-    assert failed_rewrite("3+4", "#Rewritten Prompt#: 3+4+5") == "copies the prompt"
-    assert failed_rewrite("3+4", "Here is the given prompt made harder: 3+4+5") == "copies the prompt"
-    assert failed_rewrite("3+4", "3+4+5") is None
+    assert failed_rewrite("3+4", "") == "empty" and failed_rewrite("3+4", None) == "unanswered"
+    assert failed_rewrite("3+4", " 3+4. ") == "copies what it was shown"
+    assert failed_rewrite("3+4", "#Rewritten Prompt#: 3+4") == "copies what it was shown"  # the label cleaned off
+    assert failed_rewrite("3+4", "#Rewritten Prompt#: 3+4+5") == "3+4+5"
+    assert failed_rewrite("3+4", "Here is the given prompt made harder: 3+4+5") == "3+4+5"
+    assert failed_rewrite("3+4", "3+4+5, the given prompt made harder") == "copies the prompt"
+    assert failed_rewrite("3+4", "3+4+5") == "3+4+5"
     assert failed_answer("Sorry, I cannot do that.") == "teacher struggled"
     assert failed_answer("sorry " + "word " * 80) is None  # long: an answer that happens to apologize
     assert failed_answer("?!") == "answer is punctuation" and failed_answer(None) == "unanswered"
@@ -197,8 +206,8 @@ def test_failed_evolutions_are_eliminated():
 
 
 def test_evol_instruct_rewrites_survivors_again_and_eliminates_failures(tmp_path):
-    rewrite = {"constraints": lambda p: p + "+1", "deepen": lambda p: "", "concretize": lambda p: "#Rewritten "
-               "Prompt#: " + p + "+2", "reasoning": lambda p: p, "breadth": lambda p: "7+" + p}
+    rewrite = {"constraints": lambda p: p + "+1", "deepen": lambda p: "", "concretize": lambda p: p + "+2 (the "
+               "rewritten prompt)", "reasoning": lambda p: "#Rewritten Prompt#: " + p, "breadth": lambda p: "7+" + p}
     seen = Counter()
 
     def reply(messages):
@@ -226,8 +235,8 @@ def test_evol_instruct_rewrites_survivors_again_and_eliminates_failures(tmp_path
                                   [t for t, p in by_input.items() if p["meta"].get("generation") == 1])
     assert {r["meta"]["generation"] for r in made} <= {1, 2}
     dropped = ctx.notes[0]["dropped"]
-    assert (dropped.get("empty rewrite", 0), dropped.get("copies the prompt", 0), dropped.get("unchanged", 0)) == \
-        (seen["deepen"], seen["concretize"], seen["reasoning"])
+    assert (dropped.get("unanswered", 0), dropped.get("copies the prompt", 0),
+            dropped.get("copies what it was shown", 0)) == (seen["deepen"], seen["concretize"], seen["reasoning"])
     assert dropped.get("teacher struggled", 0) == seen["sorry"]
     assert not any(record_input(r).startswith("7+7+") for r in made)
 
@@ -303,8 +312,10 @@ def test_failures_never_copy_a_test_item_or_the_failure(tmp_path):
     written = Counted([TEST_INPUTS[1], "1+2", "", " 60+60 ", "5+6", "5+6", "7+8"])
     with StubServer(lambda messages: written("w")) as server:
         teacher = teacher_for(server, tmp_path, concurrency=1)
-        pairs = inputs_like_failures(teacher, INSTRUCTION, ["1+2"], 7, 1, exclude=TEST_INPUTS)
+        check = WrittenInputs(never=TEST_INPUTS, known=["1+2"])
+        pairs = inputs_like_failures(teacher, INSTRUCTION, ["1+2"], 7, 1, check)
     assert pairs == [("5+6", "1+2"), ("7+8", "1+2")]
+    assert check.dropped == {"test input": 2, "copies what it was shown": 1, "unanswered": 1, "repeat": 1}
 
 
 def test_llm2llm_step_imitates_the_base_students_failures(tmp_path):
@@ -323,7 +334,7 @@ def test_llm2llm_step_imitates_the_base_students_failures(tmp_path):
     assert sorted(record_input(r) for r in made) == sorted(s + "+10" for s in SEEDS[1:])
     assert all(record_answer(r) == total(record_input(r)) for r in made) and sources(made) == {"llm2llm": 3}
     assert not {record_input(r) for r in made} & set(TEST_INPUTS)
-    assert ctx.notes[0]["dropped"] == {"empty, copy or repeat": 1}
+    assert ctx.notes[0]["dropped"] == {"test input": 1}
 
 
 # ---- critique ------------------------------------------------------------------------------
@@ -513,8 +524,8 @@ def test_a_task_without_methods_keeps_its_stage_key(tmp_path):
         state = prepare(task, tmp_path / "run")
         folder = synthesize_round0(state).data.parent
     key = read_json(folder / "stage.json")["key"]
-    synth = {"label_inputs": False, "expand": 0, "generator": "", "seeds_per_prompt": 3, "per_failure": 2,
-             "max_failures": 64, "mine_size": 200, "methods": []}
+    synth = {"label_inputs": False, "expand": 0, "generator": "", "seeds_per_prompt": 3, "expand_share": 0.2,
+             "input_validator": "", "per_failure": 2, "max_failures": 64, "mine_size": 200, "methods": []}
     # what only the synthesis methods read (the student, the metric, the test inputs) stays out
     assert key == {"teacher": state.teacher.backend.identity(), "instruction": INSTRUCTION,
                    "seeds": [s.model_dump() for s in task.seeds], "inputs": [], "synth": synth, "budget": 9,

@@ -64,6 +64,15 @@ class SynthConfig(Strict):
     generator: str = Field("", description="module:attr(n, seed) -> list of inputs; "
                            "when empty, the teacher writes new inputs from k random seeds.")
     seeds_per_prompt: int = Field(3, gt=0, description="k seeds shown to the teacher per new input.")
+    expand_share: float = Field(0.2, ge=0, le=1, description="Share of the request budget kept for expansion "
+                                "when labeling the inputs and expanding do not both fit in it (at most what "
+                                "expansion asks for); 0: labeling first, expansion gets what is left.")
+    input_validator: str = Field("", description="module:attr(text) -> bool, looked up in the task directory "
+                                 "first: says whether an input the teacher wrote (expansion, the failure loop, "
+                                 "self-instruct, llm2llm, evol-instruct) is one of the task's; an input it "
+                                 "rejects is dropped and counted. Empty: only protege's own checks (empty, "
+                                 "several inputs, a copy of what was shown or of the prompt, a repeat, a test "
+                                 "input).")
     per_failure: int = Field(2, ge=0, description="New examples the teacher writes per student failure.")
     max_failures: int = Field(64, ge=0, description="Failures sent to the teacher per round.")
     mine_size: int = Field(200, ge=0, description="Training items the student is tested on to find failures.")

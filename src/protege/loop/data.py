@@ -54,10 +54,12 @@ def synthesize_round0(state: RunState) -> Round0Data:
     synthesis methods of synth.methods in order (their preference pairs go to pairs.jsonl, what each
     made, dropped and asked to methods.json)."""
     spec, task = state.spec, state.task
-    with_methods = {"student": state.base.identity, "metric": spec.metric, "test": [t.input for t in task.test],
+    with_methods = {"student": state.base.identity, "metric": spec.metric,
                     "max_new_tokens": spec.eval.max_new_tokens} if spec.synth.methods else {}
+    # the teacher's new inputs are checked against the test inputs: they are read only where it writes some
+    with_test = {"test": [t.input for t in task.test]} if spec.synth.methods or teacher_writes(spec.synth) else {}
     inputs = Round0Inputs(state.teacher.backend.identity(), spec.instruction, task.seeds, task.inputs, spec.synth,
-                          spec.budget.requests, spec.train.seed, **with_methods)
+                          spec.budget.requests, spec.train.seed, **with_methods, **with_test)
     if state.agent:
         inputs = AgentRound0Inputs(**vars(inputs), tools=state.agent.identity)
     folder = teacher_stage(state, "synth-r0", inputs, lambda out: write_round0(out, state, inputs),
@@ -66,20 +68,56 @@ def synthesize_round0(state: RunState) -> Round0Data:
     return Round0Data(folder / "data.jsonl", pairs if pairs.is_file() else None)
 
 
+def teacher_writes(synth: SynthConfig) -> bool:
+    """Whether round 0's expansion asks the teacher to write inputs (not the task's generator)."""
+    return bool(synth.expand) and not synth.generator
+
+
 def write_round0(out: Path, state: RunState, inputs: Round0Inputs) -> int:
-    """Writes data.jsonl (and the methods' files); returns the requests made to other teachers."""
+    """Writes data.jsonl (and the methods' files, and written.json where the teacher wrote inputs);
+    returns the requests made to other teachers."""
+    from ..synth.written import load_validator
+    validator = load_validator(inputs.synth.input_validator, state.task.directory)  # before anything is asked
     start, cost = state.teacher.stats.requests, answer_cost(state)
     records = seed_records(state, inputs.seeds)
     left = max(0, inputs.budget - (state.teacher.stats.requests - start))  # the seeds are used whatever they cost
-    labeled = inputs.inputs[:left // cost] if inputs.synth.label_inputs else []
+    labeled = inputs.inputs[:labeled_inputs(state, inputs, left)]
     records += label(state, labeled, "teacher")
-    records += expanded(state, inputs, left - len(labeled) * cost)
+    records += expanded(out, state, inputs, left - len(labeled) * cost, validator)
     extra = 0
     if inputs.synth.methods:
         records, extra = run_synth_methods(out, state, inputs, records,
-                                           inputs.budget - (state.teacher.stats.requests - start))
+                                           inputs.budget - (state.teacher.stats.requests - start), validator)
     write_jsonl(out / "data.jsonl", records)
     return extra
+
+
+def expansion_cost(state: RunState, synth: SynthConfig) -> int:
+    """Requests the expansion asks for: each new input written by the teacher (unless the task's
+    generator writes it), then answered."""
+    return synth.expand * (answer_cost(state) + teacher_writes(synth))
+
+
+def labeled_inputs(state: RunState, inputs: Round0Inputs, left: int) -> int:
+    """How many of the unlabeled inputs the teacher answers: all the budget affords, less the share
+    synth.expand_share keeps for the expansion where labeling and expanding do not both fit."""
+    synth, cost = inputs.synth, answer_cost(state)
+    wanted = len(inputs.inputs) * cost if synth.label_inputs else 0
+    expanding = expansion_cost(state, synth)
+    if not wanted or wanted + expanding <= left:
+        return wanted // cost
+    count = min(wanted, left - min(expanding, int(left * synth.expand_share))) // cost
+    state.say(budget_split(left, len(inputs.inputs), count, left - count * cost, synth))
+    return count
+
+
+def budget_split(left: int, given: int, labeled: int, kept: int, synth: SynthConfig) -> str:
+    """The one line that says how a budget too small for both is split between labeling and expansion."""
+    share = f"synth.expand_share {synth.expand_share:g}"
+    expansion = ("no expansion asked (synth.expand 0)" if not synth.expand else
+                 f"expansion of {synth.expand} inputs gets nothing ({share}: raise it to keep some)" if not kept else
+                 f"{kept} kept for the expansion of {synth.expand} inputs ({share})")
+    return f"synth budget: {left} teacher requests: labeling {labeled} of {given} inputs, {expansion}"
 
 
 def answer_cost(state: RunState) -> int:
@@ -116,27 +154,34 @@ def trajectories(state: RunState, requests: list[Example], source: str, round_: 
                                 source, round_, spec.metric, agent.verifier)
 
 
-def expanded(state: RunState, inputs: Round0Inputs, budget: int) -> list[dict]:
-    """New inputs from the task's generator, or written by the teacher from k random seeds; labeled."""
+def expanded(out: Path, state: RunState, inputs: Round0Inputs, budget: int, validator) -> list[dict]:
+    """New inputs from the task's generator, or written by the teacher from k random seeds and checked
+    (what was dropped and why: written.json); labeled."""
     from ..synth.self_instruct import inputs_from_generator, inputs_from_teacher
+    from ..synth.written import WrittenInputs
     synth = inputs.synth
     cost = answer_cost(state)
     if synth.generator:
         new = inputs_from_generator(synth.generator, state.task.directory, synth.expand, inputs.seed)[:budget // cost]
-    else:
-        pool = [s.input for s in inputs.seeds] + inputs.inputs
-        new = inputs_from_teacher(state.teacher, inputs.instruction, pool, min(synth.expand, budget // (1 + cost)),
-                                  synth.seeds_per_prompt, inputs.seed)
+        return label(state, new, "expand")
+    pool = [s.input for s in inputs.seeds] + inputs.inputs
+    check = WrittenInputs(never=inputs.test or [], known=pool, validator=validator)
+    new = inputs_from_teacher(state.teacher, inputs.instruction, pool, min(synth.expand, budget // (1 + cost)),
+                              synth.seeds_per_prompt, inputs.seed, check)
+    if synth.expand:
+        state.say(check.line("expand"))
+        write_json(out / "written.json", check.summary())
     return label(state, new, "expand")
 
 
 def run_synth_methods(out: Path, state: RunState, inputs: Round0Inputs, records: list[dict],
-                      budget: int) -> tuple[list[dict], int]:
+                      budget: int, validator=None) -> tuple[list[dict], int]:
     from ..synth.registry import SynthContext, run_methods
     methods = SynthContext(state.teacher, inputs.instruction, budget, metric=inputs.metric,
                            task_dir=state.task.directory, seed=inputs.seed, exclude=inputs.test,
                            student=state.base_student, student_id=inputs.student, device=state.device,
-                           max_new_tokens=inputs.max_new_tokens, say=state.say, agent=agent_synth(state))
+                           max_new_tokens=inputs.max_new_tokens, say=state.say, agent=agent_synth(state),
+                           input_validator=validator)
     records = run_methods(records, inputs.synth.methods, methods)
     write_jsonl(out / "pairs.jsonl", methods.pairs)
     write_json(out / "methods.json", {"steps": methods.notes, "extra_requests": methods.extra_requests})
@@ -228,6 +273,7 @@ class FailureSynthInputs(StageInputs):
     instruction: str
     round: int
     never: list[str]  # the test inputs: no new input may copy one
+    validator: str  # synth.input_validator: what says a new input is one of the task's
 
 
 @dataclass(frozen=True)
@@ -241,14 +287,19 @@ def synthesize_failures(state: RunState, round_: int, failures: list[str]) -> Pa
     per = spec.synth.per_failure
     affordable = state.budget.left // max(1, per * (1 + answer_cost(state)))  # a new input: written, then answered
     inputs = FailureSynthInputs(state.teacher.backend.identity(), failures[:affordable], per, spec.instruction,
-                                round_, [t.input for t in state.task.test])
+                                round_, [t.input for t in state.task.test], spec.synth.input_validator)
     if state.agent:
         inputs = AgentFailureSynthInputs(**vars(inputs), tools=state.agent.identity)
 
     def build(out: Path) -> None:
         from ..synth.llm2llm import inputs_like_failures
+        from ..synth.written import WrittenInputs, load_validator
+        check = WrittenInputs(never=inputs.never, known=inputs.failures,
+                              validator=load_validator(inputs.validator, state.task.directory))
         written = inputs_like_failures(state.teacher, inputs.instruction, inputs.failures, inputs.per, inputs.round,
-                                       exclude=inputs.never)
+                                       check)
+        state.say(check.line(f"failure round {round_}"))
+        write_json(out / "written.json", check.summary())
         write_jsonl(out / "data.jsonl", label(state, [p for p, _ in written], f"failure-round-{round_}", round_))
 
     return teacher_stage(state, f"synth-r{round_}", inputs, build, count_requests=True) / "data.jsonl"

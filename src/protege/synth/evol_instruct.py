@@ -2,9 +2,11 @@
 data so far with one of the paper's evolutions (in depth: add a constraint, deepen, concretize, ask
 for more reasoning steps; in breadth: a new, rarer input of the same kind), answers the rewrites,
 and the failed evolutions are eliminated as in the paper: a rewrite that is empty, unchanged (the
-paper asks an LLM whether there is no information gain; here: equal after normalization) or that
-copies the evolving prompt's words ("given prompt", "rewritten prompt"), and one whose answer is a
-short "sorry" or holds no letter or digit. Each generation evolves the survivors of the last."""
+paper asks an LLM whether there is no information gain; here: equal after cleaning and normalization)
+or that copies the evolving prompt's words ("given prompt", "rewritten prompt"), and one whose answer
+is a short "sorry" or holds no letter or digit. A rewrite is cleaned and checked like every input a
+teacher writes (written.py): of "#Rewritten Prompt#: ..." the rewrite is what follows the label.
+Each generation evolves the survivors of the last."""
 
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ from typing import Literal
 from pydantic import Field
 
 from ..config import Strict
-from ..records import normalize
 from ..registry import SYNTH
 from ..teachers import TeacherRequest
 from ..records import record_input, sft_record
+from .written import WrittenInputs, context_check, count_drops
 
 
 class EvolInstructStep(Strict):
@@ -39,17 +41,6 @@ COPIED = ("given prompt", "rewritten prompt", "created prompt")
 SORRY_WORDS = 80  # the paper: a reply that says sorry in under 80 words is the teacher struggling
 
 
-def failed_rewrite(original: str, rewrite: str | None) -> str | None:
-    """Why a rewrite is eliminated, or None when it is kept."""
-    if not isinstance(rewrite, str) or not rewrite.strip():
-        return "empty rewrite"
-    if normalize(rewrite) == normalize(original):
-        return "unchanged"
-    if any(words in rewrite.lower() for words in COPIED):
-        return "copies the prompt"
-    return None
-
-
 def failed_answer(answer: str | None) -> str | None:
     """Why the answer to a rewrite eliminates it, or None."""
     if not isinstance(answer, str) or not answer.strip():
@@ -67,25 +58,18 @@ def evolve_requests(instruction: str, parents: list[str], kinds: list[str], gene
                            temperature=temperature) for parent, kind in zip(parents, kinds)]
 
 
-def survivors(ctx, parents: list[str], kinds: list[str], rewrites: list, known: set[str]) -> list[tuple]:
-    """(parent, kind, rewrite) of the rewrites that pass failed_rewrite and are new data."""
-    from .registry import novel
-    origin = {}
-    for parent, kind, rewrite in zip(parents, kinds, rewrites):
-        reason = failed_rewrite(parent, rewrite)
-        if reason:
-            ctx.drop(reason)
-        else:
-            origin.setdefault(rewrite.strip(), (parent, kind))
-    return [(*origin[text], text) for text in novel(list(origin), ctx, known=known)]
+def survivors(check: WrittenInputs, requests: list[TeacherRequest], rewrites: list) -> list[tuple]:
+    """(parent, kind, rewrite) of the rewrites that `check` keeps, cleaned."""
+    kept = [(request, check.keep(rewrite, request)) for request, rewrite in zip(requests, rewrites)]
+    return [(request.input, request.evolution, text) for request, text in kept if text is not None]
 
 
 def generation_records(ctx, step, parents: list[str], generation: int, rng: random.Random,
-                       known: set[str]) -> list[dict]:
+                       check: WrittenInputs) -> list[dict]:
     """One generation: each parent rewritten with a random evolution, the survivors answered."""
     kinds = [rng.choice(step.kinds) for _ in parents]
-    rewrites = ctx.teacher.complete(evolve_requests(ctx.instruction, parents, kinds, generation, step.temperature))
-    kept = survivors(ctx, parents, kinds, rewrites, known)
+    requests = evolve_requests(ctx.instruction, parents, kinds, generation, step.temperature)
+    kept = survivors(check, requests, ctx.teacher.complete(requests))
     answers = ctx.teacher.complete([TeacherRequest("answer", ctx.instruction, input=text) for _, _, text in kept])
     records = []
     for (parent, kind, text), answer in zip(kept, answers):
@@ -103,14 +87,14 @@ def run(records: list[dict], step: EvolInstructStep, ctx) -> list[dict]:
     from .registry import task_items
     rng = random.Random(ctx.step_seed)
     parents = [text for text, _ in task_items(records, 0, ctx.step_seed)]
-    known = {record_input(r) for r in records}
+    check = context_check(ctx, known=[record_input(r) for r in records], prompt_words=COPIED)
     made: list[dict] = []
     for generation in range(1, step.generations + 1):
         parents = rng.sample(parents, min(step.n, ctx.left() // 2, len(parents)))
         if not parents:
             break
-        new = generation_records(ctx, step, parents, generation, rng, known)
+        new = generation_records(ctx, step, parents, generation, rng, check)
         made += new
         parents = [record_input(r) for r in new]
-        known.update(parents)
+    count_drops(ctx, check)
     return records + made

@@ -1,20 +1,20 @@
 """Failure-driven augmentation (LLM2LLM, Lee et al. 2024): for each item the student got wrong, the
-teacher writes new inputs like it; the teacher then answers them. A new input that repeats a test
-input, the failure it imitates, or another new input is dropped: the teacher may copy what it is
-shown, and a test item must never become training data. Between rounds the loop mines the trained
-student's failures (loop/data.py, mine_failures); the llm2llm step does the same in round 0 with the
-base student on the data so far."""
+teacher writes new inputs like it; the teacher then answers them. The new inputs are cleaned and
+checked (written.py): one that repeats a test input, the failure it imitates, or another new input is
+dropped, as the teacher may copy what it is shown, and a test item must never become training data.
+Between rounds the loop mines the trained student's failures (loop/data.py, mine_failures); the llm2llm
+step does the same in round 0 with the base student on the data so far."""
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from ..records import normalize
 from ..registry import SYNTH
 from ..teachers import TeacherRequest
 from .registry import StudentSampledStep
+from .written import WrittenInputs, context_check, count_drops
 
 
 class LLM2LLMStep(StudentSampledStep):
@@ -26,21 +26,15 @@ class LLM2LLMStep(StudentSampledStep):
 
 
 def inputs_like_failures(teacher, instruction: str, failures: list[str], per_failure: int, round_: int,
-                         exclude: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """(new input, the failure it imitates) pairs; none of them a copy of an `exclude` text (the
-    test inputs), of a failure, or of an earlier new input."""
+                         check: WrittenInputs) -> list[tuple[str, str]]:
+    """(new input, the failure it imitates) pairs: the replies cleaned, and those `check` finds no new
+    input dropped (a copy of the failure, of a test input, of an earlier new input among them)."""
     requests = [TeacherRequest("write_input", instruction, examples=(failed,), sample=round_ * 1000 + j,
                                temperature=1.0)
                 for failed in failures for j in range(per_failure)]
-    replies = teacher.complete(requests)
-    seen = {normalize(text) for text in [*exclude, *failures]}
-    pairs = []
-    for request, reply in zip(requests, replies):
-        key = normalize(reply) if reply else ""
-        if key and key not in seen:
-            seen.add(key)
-            pairs.append((reply.strip(), request.examples[0]))
-    return pairs
+    kept = [(check.keep(reply, request), request.examples[0])
+            for request, reply in zip(requests, teacher.complete(requests))]
+    return [(text, failed) for text, failed in kept if text is not None]
 
 
 @SYNTH.register(LLM2LLMStep)
@@ -56,9 +50,9 @@ def run(records: list[dict], step: LLM2LLMStep, ctx) -> list[dict]:
     failures = [text for (text, reference), answers in zip(items, samples)
                 if any(not is_right(text, answer, reference) for answer in answers)]
     failures = failures[:ctx.left() // (2 * step.per_failure)]
-    known = [*ctx.exclude, *(record_input(r) for r in records)]
-    pairs = inputs_like_failures(ctx.teacher, ctx.instruction, failures, step.per_failure, ctx.round, known)
-    ctx.drop("empty, copy or repeat", len(failures) * step.per_failure - len(pairs))
+    check = context_check(ctx, known=[*failures, *(record_input(r) for r in records)])
+    pairs = inputs_like_failures(ctx.teacher, ctx.instruction, failures, step.per_failure, ctx.round, check)
+    count_drops(ctx, check)
     labeled, unanswered = label_inputs(ctx.teacher, ctx.instruction, [text for text, _ in pairs], step.name,
                                        ctx.round)
     ctx.drop("unanswered", unanswered)

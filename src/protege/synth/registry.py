@@ -89,6 +89,7 @@ class SynthContext:
     extra_requests: int = 0  # requests to teachers other than the task's (an ensemble's), charged too
     step_seed: int = 0  # the seed of the step running: two steps of one kind ask different things
     agent: AgentSynth | None = None  # an agent task's environment and judge; None: a single-turn task
+    input_validator: Callable[[str], bool] | None = None  # the task's synth.input_validator, loaded
 
     def __post_init__(self) -> None:
         self._start = self.teacher.stats.requests

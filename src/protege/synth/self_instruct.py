@@ -1,6 +1,6 @@
 """Seed expansion (Self-Instruct, Wang et al. 2023): new inputs from a task generator, or written by
-the teacher from k random seeds per request; then labeled by the teacher, or by several teachers
-of which enough must agree (Ensemble-Instruct, ensemble.py)."""
+the teacher from k random seeds per request and cleaned and checked (written.py); then labeled by the
+teacher, or by several teachers of which enough must agree (Ensemble-Instruct, ensemble.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ..config import Strict, TeacherOptions
 from ..registry import SYNTH
 from ..teachers import TeacherRequest, load_callable
 from ..records import record_input
+from .written import WrittenInputs, context_check, count_drops
 
 
 class SelfInstructStep(Strict):
@@ -37,14 +38,16 @@ def inputs_from_generator(spec: str, task_dir, n: int, seed: int) -> list[str]:
 
 
 def inputs_from_teacher(teacher, instruction: str, pool: list[str], n: int, k: int, seed: int,
-                        tag: str = "expand") -> list[str]:
-    """n requests, each showing the teacher k inputs drawn from pool; duplicates are dropped later."""
+                        check: WrittenInputs) -> list[str]:
+    """n requests, each showing the teacher k inputs drawn from pool; the replies cleaned, and those that
+    are no new input dropped by `check` (which counts them)."""
     if not pool or n <= 0:
         return []
     rng = random.Random(seed)
     requests = [TeacherRequest("write_input", instruction, examples=tuple(rng.sample(pool, min(k, len(pool)))),
                                sample=i, temperature=1.0) for i in range(n)]
-    return [r for r in teacher.complete(requests) if r]
+    kept = [check.keep(reply, request) for request, reply in zip(requests, teacher.complete(requests))]
+    return [text for text in kept if text is not None]
 
 
 @SYNTH.register(SelfInstructStep)
@@ -53,15 +56,15 @@ def run(records: list[dict], step: SelfInstructStep, ctx) -> list[dict]:
     answered by the task's teacher or, with step.ensemble, kept only where the teachers agree."""
     from .ensemble import agreement, ensemble_label
     from .label import label_inputs
-    from .registry import is_task_answer, novel
+    from .registry import is_task_answer
     if step.ensemble and step.min_agree > len(step.ensemble) + 1:
         raise ValueError(f"self-instruct: min_agree {step.min_agree} but only {len(step.ensemble) + 1} teachers")
     pool = list(dict.fromkeys(record_input(r) for r in records if is_task_answer(r)))
     teachers = [ctx.teacher] + [ctx.other_teacher(cfg) for cfg in step.ensemble]
     n = min(step.n, ctx.left() // (1 + len(teachers))) if pool else 0  # nothing to show: nothing asked
-    written = inputs_from_teacher(ctx.teacher, ctx.instruction, pool, n, step.seeds_per_prompt, ctx.step_seed)
-    ctx.drop("unanswered", n - len(written))
-    new = novel(written, ctx, known=pool)
+    check = context_check(ctx, known=pool)
+    new = inputs_from_teacher(ctx.teacher, ctx.instruction, pool, n, step.seeds_per_prompt, ctx.step_seed, check)
+    count_drops(ctx, check)
     if not step.ensemble:
         labeled, unanswered = label_inputs(ctx.teacher, ctx.instruction, new, step.name, ctx.round)
         ctx.drop("unanswered", unanswered)
