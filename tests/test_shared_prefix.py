@@ -58,3 +58,20 @@ def test_sharing_gives_the_loss_and_gradients_of_separate_copies():
     assert shared[1].keys() == copies[1].keys()
     for name, grad in copies[1].items():
         assert torch.allclose(shared[1][name], grad, atol=1e-6, rtol=1e-4), name
+
+
+def test_a_batch_mixing_in_examples_without_the_prefix_still_shares_it():
+    """A mixture's general examples among an agent's episodes: they go last, whole, and the loss and
+    gradients are still those of separate copies."""
+    general = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, 7, 8, 9, 10]},
+               {"input_ids": [90, 91, 92], "labels": [-100, 91, 92]}]
+    mixed = [general[0], EXAMPLES[0], EXAMPLES[1], general[1], EXAMPLES[2]]
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = SharedPrefixCollator(collator)(mixed)
+    assert batch["input_ids"].shape[1] == 20 + 5 + 3 + 7 + 6 + 3
+    assert shared_prefix_segments(batch["position_ids"]) == [(0, 25, 0), (25, 28, 20), (28, 35, 20), (35, 41, 0),
+                                                             (41, 44, 0)]
+    copies, shared = loss_and_grads(collator(mixed)), loss_and_grads(batch)
+    assert shared[0] == pytest.approx(copies[0], rel=1e-5)
+    for name, grad in copies[1].items():
+        assert torch.allclose(shared[1][name], grad, atol=1e-6, rtol=1e-4), name

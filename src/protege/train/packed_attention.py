@@ -42,17 +42,18 @@ def example_bounds(position_ids: torch.Tensor | None,
 
 def shared_prefix_segments(position_ids: torch.Tensor | None) -> list[tuple[int, int, int]] | None:
     """(start, end, shared) of each example of a row laid out by shared_prefix.SharedPrefixCollator:
-    the first example whole, each next one only past the prefix they all share, its positions going
-    on from the prefix's length (`shared`, 0 for the first). None for any other row."""
+    the first example whole, each next one only past the prefix they share, its positions going on
+    from the prefix's length (`shared`), then any examples that do not share it, whole (`shared` 0, as
+    for the first). None for any other row."""
     if position_ids is None or position_ids.ndim != 2 or position_ids.shape[0] != 1:
         return None
     bounds = example_bounds(position_ids)
     if bounds is None or int(position_ids[0, 0]) != 0:
         return None
     shared = [int(position_ids[0, start]) for start, _ in bounds[1:]]
-    if not shared or min(shared) == 0 or len(set(shared)) != 1:
+    if len(set(shared) - {0}) != 1:  # a row of separate examples (all 0) is not this layout
         return None
-    return [(*bounds[0], 0)] + [(start, end, shared[0]) for start, end in bounds[1:]]
+    return [(*bounds[0], 0)] + [(start, end, prefix) for (start, end), prefix in zip(bounds[1:], shared)]
 
 
 def packed_sdpa_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

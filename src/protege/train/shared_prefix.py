@@ -32,24 +32,37 @@ def shared_length(examples: list[dict]) -> int:
 
 class SharedPrefixCollator:
     """Wraps TRL's padding-free collator: the batch it builds from the examples cut past their
-    shared prefix (all but the first), with position ids that go on from the prefix."""
+    shared prefix (all but the first), with position ids that go on from the prefix; examples that do
+    not share it come last, whole (a new example always starts at position 0 after a cut one)."""
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, examples: list[dict]) -> dict:
-        shared = shared_length(examples)
+        group, rest = sharing_group(examples)
+        shared = shared_length(group)
         if not shared:
             return self.collator(examples)
-        rows = [examples[0]] + [{key: e[key][shared:] for key in ("input_ids", "labels")} for e in examples[1:]]
-        return with_shared_positions(self.collator(rows), [len(r["input_ids"]) for r in rows], shared)
+        rows = [group[0], *({key: e[key][shared:] for key in ("input_ids", "labels")} for e in group[1:]), *rest]
+        return with_shared_positions(self.collator(rows), [len(r["input_ids"]) for r in rows], shared, len(group))
 
 
-def with_shared_positions(batch: dict, lengths: list[int], shared: int) -> dict:
-    """The collator's row with each cut example's positions starting at `shared`; the varlen edges
-    TRL adds would say the examples do not share, so they go (packed_attention reads the positions)."""
+def sharing_group(examples: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the largest set of examples that begin alike, the others): a batch that mixes an agent's
+    episodes with general examples (a mixture) still shares the episodes' system message."""
+    starts = [tuple(e["input_ids"][:MIN_SHARED]) for e in examples]
+    common = max(set(starts), key=starts.count)
+    return ([e for e, start in zip(examples, starts) if start == common],
+            [e for e, start in zip(examples, starts) if start != common])
+
+
+def with_shared_positions(batch: dict, lengths: list[int], shared: int, sharing: int) -> dict:
+    """The collator's row with the positions of each cut example (the row's 1st to `sharing`th) going
+    on from `shared`, and those of the examples after them, whole, starting at 0. The varlen edges TRL
+    adds would say the examples do not share, so they go (packed_attention reads the positions)."""
     import torch
-    positions = [torch.arange(lengths[0])] + [torch.arange(shared, shared + n) for n in lengths[1:]]
+    positions = ([torch.arange(lengths[0])] + [torch.arange(shared, shared + n) for n in lengths[1:sharing]]
+                 + [torch.arange(n) for n in lengths[sharing:]])
     kept = {k: v for k, v in batch.items() if k not in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
                                                          "max_length_k", "seq_idx")}
     return kept | {"position_ids": torch.cat(positions)[None]}
