@@ -8,6 +8,13 @@ arrived (messages, tools, tool_choice, ...). `fail_every` makes every Nth reques
 Retry-After, "500", "401", ...), "garbage" JSON, a connection dropped without an answer ("drop"), or
 an "empty" answer.
 
+Structured outputs (`structured`): "ignore" (the default) answers as if no response_format were sent,
+as a server that does not read it; "honour" answers with JSON, as constrained decoding would: a reply
+that is a JSON object as it is, any other wrapped as the value of the schema's first required property
+("answer" for json_object); "refuse" answers a request that has response_format with `refusal` (status
+and body; OpenAI's 400 for a parameter it does not take by default). `formats` keeps the
+response_format of every request (None where it had none), in the order they arrived.
+
 Usage counts words: prompt_tokens is the number of whitespace-separated words in the messages'
 contents, completion_tokens the number in the reply's content and its tool calls' arguments, so tests
 can count tokens by hand."""
@@ -23,6 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 FAULTS = ("timeout", "429", "500", "garbage", "drop", "empty")
+# what OpenAI answers a model that takes no response_format
+UNKNOWN_PARAMETER = (400, {"error": {"message": "Unknown parameter: 'response_format'.",
+                                     "type": "invalid_request_error", "param": "response_format",
+                                     "code": "unknown_parameter"}})
 
 Fault = Callable[[dict, int], "str | None"]
 
@@ -55,6 +66,18 @@ def reply_words(message: dict) -> int:
     return words(message.get("content") or "") + sum(words(a) for a in arguments if isinstance(a, str))
 
 
+def as_json(reply: str, response_format: dict) -> str:
+    """The reply as constrained decoding to the format would write it: JSON, an object as it is."""
+    try:
+        if isinstance(json.loads(reply), dict):
+            return reply
+    except ValueError:
+        pass
+    schema = response_format.get("json_schema", {}).get("schema", {})
+    key = (schema.get("required") or list(schema.get("properties", {})) or ["answer"])[0]
+    return json.dumps({key: reply})
+
+
 def completion(n: int, model: str, messages: list[dict], reply: "str | dict") -> dict:
     """A chat.completion body; reply: the text, or the assistant message (content and/or tool_calls)."""
     message = {"role": "assistant", "content": reply} if isinstance(reply, str) else {
@@ -73,8 +96,12 @@ class _Server(ThreadingHTTPServer):
 
 class StubServer:
     def __init__(self, reply: Callable[[list[dict]], "str | dict"], fail_every: int = 0,
-                 fault: Fault | None = None, delay: float = 0.0, stall: float = 5.0, retry_after: str = "0", keep: int = 100):
+                 fault: Fault | None = None, delay: float = 0.0, stall: float = 5.0, retry_after: str = "0", keep: int = 100,
+                 structured: str = "ignore", refusal: tuple[int, dict] = UNKNOWN_PARAMETER):
+        assert structured in ("ignore", "honour", "refuse"), structured
         self.reply, self.fail_every, self.fault = reply, fail_every, fault
+        self.structured, self.refusal = structured, refusal
+        self.formats: list[dict | None] = []  # each request's response_format, in arrival order
         self.delay, self.stall, self.retry_after = delay, stall, retry_after
         self.requests = 0  # every request that arrived, faulty or not
         self.answered = 0  # good answers written out in full
@@ -106,6 +133,7 @@ class StubServer:
         with self._lock:
             self.requests += 1
             self.bodies.append(body)
+            self.formats.append(body.get("response_format"))
             self._seen[key] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -164,6 +192,10 @@ class StubServer:
 
             def _answer(self, n: int, body: dict, kind: str | None) -> bool:
                 """Write the answer or the fault; True when a good answer went out."""
+                shape = body.get("response_format")
+                if shape and server.structured == "refuse":
+                    self._send(server.refusal[0], json.dumps(server.refusal[1]).encode())
+                    return False
                 if kind in ("timeout", "drop"):
                     if kind == "timeout":
                         server._closing.wait(server.stall)
@@ -176,6 +208,8 @@ class StubServer:
                     self._send(200, b'{"id": "c", "choices": [{"message": {"content": "trunc')
                 else:
                     reply = "" if kind == "empty" else server.reply(body["messages"])
+                    if shape and shape.get("type") != "text" and server.structured == "honour" and reply:
+                        reply = as_json(reply, shape) if isinstance(reply, str) else reply
                     self._send(200, json.dumps(completion(n, body["model"], body["messages"], reply)).encode())
                     return kind is None
                 return False

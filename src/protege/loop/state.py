@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from ..config import LoadedTask, TaskSpec
+from ..config import LoadedTask, MetricConfig, TaskSpec
 from ..models import load_model, model_dir, pick_device
 from ..runs import Run, digest, is_main_process
-from ..teachers import CachedTeacher, affordable, cached_teacher
+from ..teachers import CachedTeacher, JsonAnswers, affordable, cached_teacher
 
 if TYPE_CHECKING:
     from ..agents.environment import Environment
@@ -140,6 +140,12 @@ def base_identity(spec_model: str, directory: Path) -> str:
     return digest([spec_model, (directory / "config.json").read_text()])
 
 
+def json_answers(metric: MetricConfig) -> JsonAnswers | None:
+    """Where the task's metric is json its answers are JSON (of the metric's schema, if it gives one):
+    a teacher that can ask for that shape does."""
+    return JsonAnswers(metric.json_schema) if metric.name == "json" else None
+
+
 def prepare(task: LoadedTask, run_dir: Path, say: Callable[[str], None] = say_progress) -> RunState:
     """Resolve the student, build the teachers, open the run directory."""
     spec = task.spec
@@ -147,7 +153,8 @@ def prepare(task: LoadedTask, run_dir: Path, say: Callable[[str], None] = say_pr
     base_dir = model_dir(spec.student.model, task.directory)
     base = ModelRef(None, base_identity(spec.student.model, base_dir))
     students = StudentLoader(base_dir, device)
-    teacher = cached_teacher(spec.teacher, task.directory, (lambda: students.load(None), base.identity))
+    teacher = cached_teacher(spec.teacher, task.directory, (lambda: students.load(None), base.identity),
+                             json_answers(spec.metric))
     judge = cached_teacher(spec.judge.teacher, task.directory) if spec.judge.teacher else None
     agent = agent_setup(task) if spec.tools else None
     run = Run(run_dir, say)

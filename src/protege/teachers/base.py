@@ -21,6 +21,11 @@ class TeacherTaskError(TeacherError, ConfigError):
 
 Purpose = Literal["answer", "write_input", "critique", "judge-pointwise", "judge-pairwise", "evolve", "reflect",
                   "act"]
+WRITES_INPUT = ("write_input", "evolve")  # the purposes whose reply is a new input to the task
+# the reply a teacher writing an input may be held to (structured outputs); synth/written.py takes the
+# input out of it
+NEW_INPUT_SCHEMA = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"],
+                    "additionalProperties": False}
 
 WRITE_INPUT_PROMPT = (
     "You write new inputs for this task: {instruction}\n\n"
@@ -159,9 +164,20 @@ class TeacherRequest:
                 {"role": "user", "content": user.format(input=self.input, reference=reference,
                                                         candidate=self.candidate, answer_b=self.answer_b)}]
 
-    def cache_payload(self) -> dict:
+    def cache_payload(self, response_format: dict | None = None) -> dict:
+        """What the cache keys the request by; response_format: the reply's shape the teacher asks for
+        (structured outputs), part of the key where there is one."""
         payload = {"messages": self.chat(), "temperature": self.temperature, "sample": self.sample}
-        return payload | ({"tools": self.tool_schemas()} if self.tools else {})
+        payload |= {"tools": self.tool_schemas()} if self.tools else {}
+        return payload | ({"response_format": response_format} if response_format else {})
+
+
+@dataclass(frozen=True)
+class JsonAnswers:
+    """The task's answers are JSON (its metric is json): a teacher that can ask for a reply's shape asks
+    for this one when it answers. schema: the JSON schema they follow; None: any JSON object."""
+
+    schema: dict | None = None
 
 
 def act_request(instruction: str, messages: list[dict], tools: list[dict], sample: int = 0,
@@ -216,17 +232,20 @@ class TeacherStats:
     tokens_out: int = 0  # completion tokens, likewise
     dropped_why: Counter = field(default_factory=Counter)  # reason -> replies dropped for it
     retried_why: Counter = field(default_factory=Counter)  # reason -> retries made for it
+    notes: Counter = field(default_factory=Counter)  # what a backend did otherwise than asked -> requests
 
     def add(self, other: "TeacherStats") -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def add_outcomes(self, other: "TeacherStats") -> None:
-        """What only a backend sees, for a cache in front of it: retries and drops, with their reasons."""
+        """What only a backend sees, for a cache in front of it: retries and drops, with their reasons,
+        and its notes."""
         self.retried += other.retried
         self.dropped += other.dropped
         self.retried_why += other.retried_why
         self.dropped_why += other.dropped_why
+        self.notes += other.notes
 
     def copy(self) -> "TeacherStats":
         return TeacherStats(**{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
@@ -251,6 +270,10 @@ class TeacherStats:
         self.retried += 1
         self.retried_why[reason] += 1
 
+    def note(self, what: str) -> None:
+        """A request the backend sent otherwise than it was asked (no structured output, say), and how."""
+        self.notes[what] += 1
+
     @property
     def tokens(self) -> int:
         return self.tokens_in + self.tokens_out
@@ -267,8 +290,10 @@ OnReply = Callable[[int, "str | None", Usage], None]
 class Teacher(Protocol):
     """`complete` returns one reply per request, None where the teacher gave nothing usable. A backend
     may also have `stats` (a TeacherStats: the retries and drops only it sees), a `label` for error
-    lines, `reply_rule` (what a usable reply is, said when most were not) and `user_code` (True: the
-    task's own code, whose faults are the task's: TeacherTaskError)."""
+    lines, `reply_rule` (what a usable reply is, said when most were not), `user_code` (True: the
+    task's own code, whose faults are the task's: TeacherTaskError), `answers` (a JsonAnswers or None,
+    set by build_teacher where the task's answers are JSON) and `response_format(request)` (the reply's
+    shape it asks the endpoint for, None for free text: part of the cache key)."""
 
     name: str
 
@@ -280,7 +305,8 @@ class Teacher(Protocol):
         that know no token counts may call on_reply(index, reply))."""
 
 
-def cache_key(identity: str, request: TeacherRequest, options: dict) -> str:
+def cache_key(identity: str, request: TeacherRequest, options: dict, response_format: dict | None = None) -> str:
     import hashlib
-    blob = json.dumps({"who": identity, "req": request.cache_payload(), "opt": options}, sort_keys=True)
+    blob = json.dumps({"who": identity, "req": request.cache_payload(response_format), "opt": options},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

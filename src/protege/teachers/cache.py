@@ -119,7 +119,7 @@ class CachedTeacher:
             self.token_limit = before
 
     def complete(self, requests: list[TeacherRequest]) -> list[str | None]:
-        keys = [cache_key(self.backend.identity(), r, self.options) for r in requests]
+        keys = [self.key(r) for r in requests]
         replies: list[str | None] = [None] * len(requests)
         start = 0
         while start < len(requests):
@@ -130,6 +130,12 @@ class CachedTeacher:
             self._answer(requests, keys, replies, range(start, start + size))
             start += size
         return replies
+
+    def key(self, request: TeacherRequest) -> str:
+        """The request's cache key: who answers, what is asked, the options, and the reply's shape where
+        the backend asks for one (structured outputs)."""
+        shape = getattr(self.backend, "response_format", None)
+        return cache_key(self.backend.identity(), request, self.options, shape(request) if shape else None)
 
     def _window(self, remaining: int) -> int:
         if self.token_limit is None:

@@ -20,7 +20,18 @@ every stage's teacher.json.
 
 An agent's step (purpose "act") goes out through OpenAI's tool calling: the episode as the messages,
 the tool schemas as `tools` with `tool_choice: "auto"`; its reply is the assistant message (content
-and/or tool calls) as act_reply's JSON text, and one with neither is unusable like an empty reply."""
+and/or tool calls) as act_reply's JSON text, and one with neither is unusable like an empty reply.
+
+Structured outputs (teacher.structured_outputs): a reply whose shape is known is asked for with
+`response_format`. A teacher writing an input (write_input, evolve) is held to {"input": "..."}, which
+synth/written.py unwraps; where the task's answers are JSON (its metric is json) an answer is held to the
+metric's schema (json_schema), or to any JSON object (json_object) where it gives none. The shape is
+part of the request's cache key, whatever the endpoint makes of it, so a resumed run finds every reply
+of the last one. In auto mode, an endpoint that refuses the field (a 400 or 422 naming response_format
+or json_schema, or an unsupported-parameter error) gets the request again without it, once, and no
+shape is asked of it for the rest of the teacher's life; each request sent without the shape it wanted
+is counted in the stats' notes (and teacher.json) under FELL_BACK. In on mode that refusal is the run's
+error; off never asks."""
 
 from __future__ import annotations
 
@@ -40,7 +51,8 @@ from pydantic import Field
 
 from ..config import TeacherConfig
 from ..registry import TEACHER
-from .base import TeacherError, TeacherRequest, TeacherStats, Usage, act_reply
+from .base import (NEW_INPUT_SCHEMA, WRITES_INPUT, JsonAnswers, TeacherError, TeacherRequest, TeacherStats, Usage,
+                   act_reply)
 
 if TYPE_CHECKING:  # imported where used: importing protege loads every teacher file
     import openai
@@ -55,6 +67,10 @@ REFUSED_TRIES = 3  # tries of a teacher that refuses connections and has never a
 CAUSES = ((ConnectionRefusedError, "connection refused"), (socket.gaierror, "DNS failure"),
           (ssl.SSLError, "TLS error"), (TimeoutError, "timeout"),
           (ConnectionError, "connection lost"))
+FELL_BACK = "structured outputs unsupported: fell back to plain prompting"
+FORMAT_REFUSED = "response_format refused"  # the retry that resends a request without it
+# where a refusal names no field: OpenAI's codes for a parameter the model does not take
+UNSUPPORTED_CODES = ("unsupported_parameter", "unknown_parameter", "unsupported_value")
 HINTS = {"connection refused": "is the server running, at that address and port?",
          "DNS failure": "is the host name in teacher.base_url right?",
          "TLS error": "does teacher.base_url's scheme (http or https) match the server?"}
@@ -78,6 +94,12 @@ class OpenAITeacherConfig(TeacherConfig):
                                     "retry_max_delay. A 429 or 503 with Retry-After waits what it says.")
     retry_max_delay: float = Field(8.0, ge=0, description="Longest backoff between two tries, in seconds.")
     timeout: float = Field(60.0, gt=0, description="Seconds before one request is abandoned (and retried).")
+    structured_outputs: Literal["auto", "on", "off"] = Field(
+        "auto", description="Ask for the reply's shape with response_format where it is known: a new input "
+        "(written or evolved) as {\"input\": ...}, and an answer as JSON (the json metric's schema, else any "
+        "object) when the task's metric is json. auto: where the endpoint refuses response_format (400 or "
+        "422), the request is sent again without it and no shape is asked for the rest of the run, counted in "
+        "teacher.json's notes; on: that refusal stops the run; off: never asked.")
 
 
 class Unusable(Exception):
@@ -154,6 +176,30 @@ def retry_after(headers, now: float | None = None) -> float | None:
         return max(0.0, when.timestamp() - (now if now is not None else time.time())) if when else None
 
 
+def json_schema(name: str, schema: dict) -> dict:
+    """OpenAI's response_format holding the reply to a JSON schema."""
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+
+
+def refuses_format(error: openai.APIStatusError) -> bool:
+    """Does a 4xx say the endpoint takes no response_format, or not this one? OpenAI names it in the
+    error's param ("Unknown parameter: 'response_format'"), llama.cpp and vLLM in the message, a FastAPI
+    server in its 422's field location; an unsupported-parameter code that names no field counts too."""
+    if error.status_code not in (400, 422):
+        return False
+    said = f"{error.message} {error.body}"
+    if "response_format" in said or "json_schema" in said:
+        return True
+    return error.code in UNSUPPORTED_CODES and error.param is None
+
+
+def error_message(error: openai.APIStatusError) -> str:
+    """The endpoint's own words for an error status (its body's message), else the client's line."""
+    body = error.body
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) and message else error.message
+
+
 def first_message(completion) -> dict:
     """The first choice's message of a chat.completion body ({} when there is none)."""
     choices = completion.get("choices") if isinstance(completion, dict) else None
@@ -219,6 +265,8 @@ class OpenAITeacher:
         self.cfg = cfg
         self.stats = TeacherStats()
         self.reached = False  # some answer came back from the server, an error status included
+        self.answers: JsonAnswers | None = None  # the task's answers are JSON (build_teacher sets it)
+        self.structured = True  # False once the endpoint refused response_format: never asked again
         self._random = random.Random()
 
     @property
@@ -240,13 +288,48 @@ class OpenAITeacher:
         return openai.AsyncOpenAI(base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env, "none"),
                                   max_retries=0, timeout=self.cfg.timeout, http_client=http_transport())
 
+    def response_format(self, request: TeacherRequest) -> dict | None:
+        """The reply's shape this request asks for (None: free text). It is part of the cache key as
+        asked, whether the endpoint took it or not: a run resumed on the same endpoint finds the replies
+        the last one kept."""
+        if self.cfg.structured_outputs == "off":
+            return None
+        if request.purpose in WRITES_INPUT:
+            return json_schema("new_input", NEW_INPUT_SCHEMA)
+        if request.purpose == "answer" and self.answers is not None:
+            return json_schema("answer", self.answers.schema) if self.answers.schema else {"type": "json_object"}
+        return None
+
     def body(self, request: TeacherRequest) -> dict:
         body = {"model": self.cfg.model, "messages": request.chat(), "temperature": request.temperature,
                 "max_tokens": self.cfg.max_tokens, "seed": request.sample}
         tools = request.tool_schemas() if request.purpose == "act" else []
         if tools:  # OpenAI refuses an empty tools list
             body |= {"tools": tools, "tool_choice": "auto"}
-        return body
+        shape = self.response_format(request) if self.structured else None
+        return body | ({"response_format": shape} if shape else {})
+
+    async def post(self, client: openai.AsyncOpenAI, request: TeacherRequest) -> object:
+        """The request's completion. Where the endpoint refuses its response_format, in auto mode the
+        request goes again without it, and no shape is asked of this endpoint from then on."""
+        import openai
+        body = self.body(request)
+        try:
+            return await client.post("/chat/completions", body=body, cast_to=object)
+        except openai.APIStatusError as exc:
+            if "response_format" not in body or not refuses_format(exc):
+                raise
+            if self.cfg.structured_outputs == "on":
+                raise TeacherError(f"teacher {self.label} refused response_format (teacher.structured_outputs "
+                                   f"is on): HTTP {exc.status_code}: {error_message(exc)}; set it to auto to "
+                                   "fall back to plain prompting, or off") from None
+            self.structured = False
+            self.stats.retry(FORMAT_REFUSED)
+        return await client.post("/chat/completions", body=self.body(request), cast_to=object)
+
+    def fell_back(self, request: TeacherRequest) -> bool:
+        """Was the request sent without the shape it asks for, since the endpoint refused it?"""
+        return not self.structured and self.response_format(request) is not None
 
     async def attempt(self, client: openai.AsyncOpenAI, request: TeacherRequest) -> tuple[str, Usage]:
         """One try: the reply and its usage, or Retry, or TeacherError when no try can succeed.
@@ -255,7 +338,7 @@ class OpenAITeacher:
         dozen requests in flight the client's CPU is what bounds throughput."""
         import openai
         try:
-            completion = await client.post("/chat/completions", body=self.body(request), cast_to=object)
+            completion = await self.post(client, request)
             self.reached = True
             reply = act_text(completion) if request.purpose == "act" else reply_text(completion)
             return reply, usage_of(completion)
@@ -342,7 +425,15 @@ class _Batch:
             self.give_up_if_dead()
 
     async def ask(self, client, request: TeacherRequest) -> tuple[str | None, Usage]:
-        """The retry loop of one request: (reply, usage), or (None, nothing) after the last try."""
+        """One request: (reply, usage), or (None, nothing) after the last try; counted in the notes
+        where it went without the shape it asks for."""
+        outcome = await self.tries(client, request)
+        if self.teacher.fell_back(request):
+            self.teacher.stats.note(FELL_BACK)
+        return outcome
+
+    async def tries(self, client, request: TeacherRequest) -> tuple[str | None, Usage]:
+        """The retry loop of one request."""
         import openai
         stats, tries = self.teacher.stats, self.teacher.cfg.max_retries + 1
         for attempt in range(tries):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ...registry import METRIC
 from ...records import normalize
@@ -23,6 +23,19 @@ class JsonMetric(TextNormalization):
     fields: list[str] = Field(default_factory=list, description="The fields compared (empty: every field of "
                               "the reference); the item scores the share of fields that match.")
     all_fields: bool = Field(False, description="Score 1 only when every field matches (else the share).")
+    json_schema: dict | None = Field(None, description="The JSON schema the answers follow (an object's): an "
+                                     "openai teacher asks for answers held to it (response_format json_schema, "
+                                     "strict; OpenAI's strict mode wants every property required and "
+                                     "additionalProperties false); empty: any JSON object (json_object). See "
+                                     "teacher.structured_outputs.")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_of_an_object(cls, value: dict | None) -> dict | None:
+        # the metric scores the first JSON object of an answer: a schema of anything else cannot match
+        if value is not None and value.get("type") != "object":
+            raise ValueError("must be the JSON schema of an object (type: object)")
+        return value
 
 
 def first_object(text: str) -> dict | None:
