@@ -175,8 +175,9 @@ class StageInterrupted(KeyboardInterrupt):
         super().__init__(stage)
 
 
-# what a killed write leaves: write_atomic's ".NAME.XXXXXXXX" beside the file it was writing
-PARTIAL_FILE = re.compile(r"\.(.+)\.[a-z0-9_]{8}")
+# what a killed write leaves beside what it was writing: temp_file's and temp_dir's ".NAME.XXXXXXXX",
+# with the suffix asked for, if any (a GGUF's ".gguf")
+PARTIAL_FILE = re.compile(r"\.(.+)\.[a-z0-9_]{8}(\.\w+)?")
 
 
 class Run:
@@ -210,11 +211,13 @@ class Run:
         self.remove_partial_writes()
 
     def remove_partial_writes(self) -> None:
+        """Every hidden folder in stages/ (only a stage being built is one), and what a killed write left
+        in the run directory and in the folders directly in it (the export's half-built model)."""
         for leftover in self.stages.glob(".*") if self.stages.is_dir() else []:
             shutil.rmtree(leftover, ignore_errors=True)
-        for leftover in self.root.glob(".*"):
-            if leftover.is_file() and PARTIAL_FILE.fullmatch(leftover.name):
-                leftover.unlink(missing_ok=True)
+        for leftover in [*self.root.glob(".*"), *self.root.glob("*/.*")]:
+            if PARTIAL_FILE.fullmatch(leftover.name):
+                remove_tree(leftover)
 
     def stage_dir(self, name: str, key: str) -> Path:
         return self.stages / f"{name}-{key}"
@@ -249,6 +252,13 @@ class Run:
         if changed:
             self.say(f"{folder.name}: {changed[0]} is missing or changed since it was written; redoing the stage")
         return not changed
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def written_files(folder: Path) -> dict[str, int]:
