@@ -155,11 +155,13 @@ def test_a_teacher_module_that_fails_to_import_names_its_file_and_line(tmp_path,
 
 
 def test_a_missing_teacher_module_is_named(tmp_path, capsys):
+    # a name no other test imports: a plain `teacher` module another test put on sys.path would be found
     task = write_task(tmp_path, "def teacher(r):\n    return r.input\n")
-    (task / "teacher.py").unlink()
+    (task / "task.yaml").write_text((task / "task.yaml").read_text().replace("teacher:teacher", "absent_teacher:teacher"))
     status, line = synth(task, capsys)
     assert status == 2
-    assert line == f"error: teacher.function teacher:teacher: no module 'teacher' in {tmp_path} or on the import path"
+    assert line == (f"error: teacher.function absent_teacher:teacher: no module 'absent_teacher' in {tmp_path} "
+                    "or on the import path")
 
 
 def test_a_teacher_imports_modules_and_packages_beside_it_also_when_it_runs(tmp_path):
