@@ -107,7 +107,8 @@ def test_added_specials_measured_on_the_tokenizer():
 
 def test_pre_tokenizer_names():
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
-    assert gguf_export.pre_tokenizer_name({"pre_tokenizer": byte_level}) == "gpt2"
+    # llama.cpp's name: it refuses transformers' "gpt2" ("unknown pre-tokenizer type")
+    assert gguf_export.pre_tokenizer_name({"pre_tokenizer": byte_level}) == "gpt-2"
     llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
     split = {"type": "Split", "pattern": {"Regex": llama3}, "behavior": "Isolated", "invert": False}
@@ -153,7 +154,7 @@ def test_lora_exports_merged_adapter_and_gguf(tiny, lora, tmp_path):
 
 
 def test_gguf_f32_round_trip_is_exact_with_tokenizer(tiny, tmp_path):
-    path = export_model(tiny, tmp_path, ["gguf"], gguf_dtype="f32")["gguf"]
+    path = export_model(tiny, tmp_path, ["gguf"], gguf_dtype="f32", name="iso-dates")["gguf"]
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     assert torch.allclose(logits(load_gguf(path), tokenizer), logits(load(tiny), tokenizer), atol=1e-4)
     assert gguf_export.check_gguf(path, tiny, [CHAT_TEXT, "plain text"]) <= 1e-4
@@ -164,6 +165,7 @@ def test_gguf_f32_round_trip_is_exact_with_tokenizer(tiny, tmp_path):
     fields = gguf.GGUFReader(path).fields
     assert fields["llama.rope.freq_base"].contents() == 10000.0
     assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+    assert fields["tokenizer.ggml.pre"].contents() == "gpt-2" and fields["general.name"].contents() == "iso-dates"
 
 
 def test_gguf_f16_within_rounding_bound(tiny, tmp_path):

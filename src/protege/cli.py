@@ -135,14 +135,15 @@ def kept_in_run(target: Path) -> tuple[Path, Path | None]:
 
 def cmd_export(args) -> int:
     from .export import export_model
-    target, base = Path(args.model), Path(args.base) if args.base else None
+    target, base, name = Path(args.model), Path(args.base) if args.base else None, None
     if (target / "summary.json").is_file():
+        name = json.loads((target / "summary.json").read_text()).get("task")  # general.name: the task's
         target, run_base = kept_in_run(target)
         base = base or run_base
     elif not target.is_dir():
         target = model_or_adapter(args.model)
     formats = [f for f in args.format.split(",") if f]
-    written = export_model(target, Path(args.out), formats, base, args.gguf_dtype, args.overwrite)
+    written = export_model(target, Path(args.out), formats, base, args.gguf_dtype, args.overwrite, name)
     print(json.dumps({name: str(path) for name, path in written.items()}, indent=2))
     return 0
 

@@ -31,7 +31,7 @@ class ExportError(ValueError):
 
 
 def export_model(model: Path, out: Path, formats: list[str], base: Path | None = None,
-                 gguf_dtype: str = "f16", overwrite: bool = False) -> dict[str, Path]:
+                 gguf_dtype: str = "f16", overwrite: bool = False, name: str | None = None) -> dict[str, Path]:
     """Write the asked formats under `out` (out/hf, out/adapter, out/model-<dtype>.gguf) and
     out/export.json. `model` is a full model directory or a LoRA adapter directory; an adapter's
     base is `base`, or the directory its adapter_config.json names. What protege did not write at
@@ -57,7 +57,8 @@ def export_model(model: Path, out: Path, formats: list[str], base: Path | None =
             written["adapter"] = adapter_export.export_adapter(adapter, targets["adapter"], base)
         if "gguf" in formats:
             merged = merged or hf.export_hf(model, Path(scratch) / "merged", base)
-            written["gguf"], record["gguf"] = gguf.export_gguf(merged, targets["gguf"], gguf_dtype, model.name)
+            written["gguf"], record["gguf"] = gguf.export_gguf(merged, targets["gguf"], gguf_dtype,
+                                                                   name or model.name)
     record["written"] = {name: str(path) for name, path in written.items()}
     record["files"] = kept | {path.name: listing(path) for path in written.values()}
     write_json(out / MANIFEST, record)

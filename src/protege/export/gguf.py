@@ -65,12 +65,14 @@ def _tokenizer_json(directory: Path) -> dict:
 
 def pre_tokenizer_name(spec: dict, directory: Path = Path(".")) -> str:
     """llama.cpp's name (tokenizer.ggml.pre) for how this tokenizer splits text before BPE. The names
-    come from transformers' own table, so the file is one transformers can read back the same way."""
+    of the Split regexes come from transformers' own table, so transformers reads the file back the same
+    way; plain byte-level splitting is llama.cpp's "gpt-2" (it refuses "gpt2"), which transformers reads
+    as its default byte-level split."""
     from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
 
     pre = spec.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     steps = pre.get("pretokenizers") or []
     if [s.get("type") for s in steps] == ["Split", "ByteLevel"] and steps[1].get("use_regex") is False:
         # several names share a regex; the first listed is the canonical one

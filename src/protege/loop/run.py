@@ -98,7 +98,8 @@ def export_student(state: RunState, model: Path, run_dir: Path) -> dict[str, Pat
     cfg = state.spec.export
     # the run directory is this run's own (it holds the lock): an earlier run's export is replaced, also
     # one written before export.json listed its files
-    return export_model(model, run_dir / "export", cfg.formats, state.base_dir, cfg.gguf_dtype, overwrite=True)
+    return export_model(model, run_dir / "export", cfg.formats, state.base_dir, cfg.gguf_dtype, overwrite=True,
+                        name=state.spec.name)
 
 
 def write_summary(run_dir: Path, summary: RunSummary, say: Callable[[str], None]) -> None:
