@@ -556,8 +556,8 @@ def check_example(example: Example, task: LoadedTask, field: str, where: str) ->
     """An example missing what its field needs is an error, not an empty prompt or answer trained on or
     scored against: every example needs its input; seeds need their answer; a test item needs a
     reference (its output, code tests, or the task's verifier)."""
-    missing = [key for key in ("input", "output") if not getattr(example, key) and key in needed(example, task,
-                                                                                                field)]
+    required = needed(example, task, field)
+    missing = [key for key in ("input", "output") if key in required and not getattr(example, key)]
     if missing:
         raise ConfigError(f"{where}: field '{field}': the row has no {' and no '.join(missing)}")
 
