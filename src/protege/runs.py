@@ -65,7 +65,10 @@ def listing(path: Path) -> dict[str, list[int] | None]:
 
 
 def stamp(path: Path) -> list[int] | None:
-    return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
+    if not path.is_file():
+        return None
+    stats = path.stat()
+    return [stats.st_size, stats.st_mtime_ns]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -262,8 +265,7 @@ def remove_tree(path: Path) -> None:
 
 
 def written_files(folder: Path) -> dict[str, int]:
-    return {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*"))
-            if path.is_file()}
+    return {str(path.relative_to(folder)): file_size(path) for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def file_size(path: Path) -> int | None:
